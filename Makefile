@@ -1,0 +1,43 @@
+# The function app: `make run` to try it, `make test` to check it.
+GO     ?= go
+PORT   ?= 7071
+SOURCES = $(shell find . -name '*.go' -not -path './dist/*') go.mod go.sum
+
+.PHONY: build run test bench package clean
+
+## build: the handler binary host.json names
+build: handler
+
+handler: $(SOURCES)
+	$(GO) build -o handler .
+
+## run: the handler standalone on the embedded task hub, on port $(PORT)
+run: handler
+	@echo
+	@echo "  Fan-out/fan-in on the embedded task hub: http://localhost:$(PORT)/api"
+	@echo "  Try:  curl -i -X POST http://localhost:$(PORT)/api/fan_out_fan_in -H 'Content-Type: application/json' -d '{\"workItems\": [\"Task1\", \"Task2\", \"Task3\"]}'"
+	@echo "  then: curl -i <the statusQueryGetUri it returns>"
+	@echo
+	FUNCTIONS_CUSTOMHANDLER_PORT=$(PORT) FANOUT_LOG_FORMAT=console DURABLE_TASK_SCHEDULER_CONNECTION_STRING= ./handler
+
+## test: vet, formatting, and every test (end-to-end included) with the race detector
+test:
+	$(GO) vet ./...
+	@unformatted=$$(gofmt -l $$(find . -name '*.go' -not -path './dist/*')); \
+		if [ -n "$$unformatted" ]; then echo "gofmt needed on: $$unformatted"; exit 1; fi
+	$(GO) test -race -count=1 ./...
+
+## bench: the fan-out benchmarks; results go to BENCHMARKS.md
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./internal/taskhub/
+
+## package: dist/app.zip, ready for `func azure functionapp publish` or zip deploy (Linux amd64)
+package:
+	rm -rf dist && mkdir -p dist/app
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags='-s -w' -o dist/app/handler .
+	cp -R host.json fan_out_fan_in status dist/app/
+	$(GO) run ./internal/zipapp dist/app.zip dist/app
+	@echo "dist/app.zip: host.json, fan_out_fan_in/, status/, handler (linux/amd64, static)"
+
+clean:
+	rm -rf handler dist .durabletask

@@ -1,0 +1,226 @@
+package functions
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/mux"
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/rs/zerolog"
+
+	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/httpjson"
+	"fanoutfanin/internal/taskhub"
+)
+
+// HTTPFunction is one HTTP-triggered function: its folder holds the
+// function.json that says its methods and route.
+type HTTPFunction struct {
+	Name        string
+	RouteParams []string // the parameters its route must declare
+	Handler     http.Handler
+}
+
+// StatusURL returns the absolute URL, as the caller of r would use it, of the
+// status function for an instance.
+type StatusURL func(r *http.Request, instanceID string) string
+
+// HTTP returns the app's HTTP functions.
+func HTTP(hub taskhub.Client, limits config.Limits, statusURL StatusURL) []HTTPFunction {
+	return []HTTPFunction{
+		{Name: "fan_out_fan_in", Handler: StartFanOut(hub, limits, statusURL)},
+		{Name: "status", RouteParams: []string{"instanceId"}, Handler: Status(hub, statusURL)},
+	}
+}
+
+// DefaultWorkItems are processed when a start request names none.
+var DefaultWorkItems = []string{"Item1", "Item2", "Item3", "Item4", "Item5"}
+
+// Retry-After values, in seconds, as Durable Functions sends them.
+const (
+	retryAfterStart   = "10"
+	retryAfterRunning = "5"
+)
+
+// checkStatus is the body of a start response, in Durable Functions' shape,
+// holding the URIs this app serves.
+type checkStatus struct {
+	ID                string `json:"id"`
+	StatusQueryGetURI string `json:"statusQueryGetUri"`
+}
+
+// StartFanOut is fan_out_fan_in: it validates the work items, schedules the
+// orchestration and answers 202 with where to watch it.
+func StartFanOut(hub taskhub.Client, limits config.Limits, statusURL StatusURL) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		items, err := readWorkItems(w, r, limits)
+		if err != nil {
+			httpjson.RenderError(w, r, err)
+			return
+		}
+		id, err := hub.ScheduleNewOrchestration(r.Context(), OrchestratorName, api.WithInput(items))
+		if err != nil {
+			httpjson.RenderError(w, r, fmt.Errorf("scheduling %s: %w", OrchestratorName, err))
+			return
+		}
+		zerolog.Ctx(r.Context()).Info().Str("instanceId", string(id)).Int("items", len(items)).Msg("started orchestration")
+		url := statusURL(r, string(id))
+		w.Header().Set("Location", url)
+		w.Header().Set("Retry-After", retryAfterStart)
+		httpjson.Write(w, http.StatusAccepted, checkStatus{ID: string(id), StatusQueryGetURI: url})
+	})
+}
+
+// readWorkItems reads {"workItems": [...]} from the body; an empty body, {}
+// or a null list means DefaultWorkItems.
+func readWorkItems(w http.ResponseWriter, r *http.Request, limits config.Limits) ([]string, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limits.MaxBodyBytes))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return nil, httpjson.Errorf(http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", limits.MaxBodyBytes)
+	} else if err != nil {
+		return nil, httpjson.Errorf(http.StatusBadRequest, "reading the request body: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return DefaultWorkItems, nil
+	}
+
+	var req struct {
+		WorkItems json.RawMessage `json:"workItems"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var syntax *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF):
+			return nil, httpjson.Errorf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
+		case errors.As(err, &typ):
+			return nil, httpjson.Errorf(http.StatusBadRequest, `request body must be a JSON object such as {"workItems": ["Task1", "Task2"]}, not a JSON %s`, typ.Value)
+		case strings.HasPrefix(err.Error(), "json: unknown field"):
+			field := strings.TrimPrefix(err.Error(), "json: unknown field ")
+			return nil, httpjson.Errorf(http.StatusBadRequest, "unknown field %s in request body: the only field is workItems", field)
+		}
+		return nil, httpjson.Errorf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, httpjson.Errorf(http.StatusBadRequest, "request body must hold one JSON object, but more follows it")
+	}
+	if len(req.WorkItems) == 0 || string(req.WorkItems) == "null" {
+		return DefaultWorkItems, nil
+	}
+
+	var items []string
+	if err := json.Unmarshal(req.WorkItems, &items); err != nil {
+		return nil, httpjson.Errorf(http.StatusBadRequest, "workItems must be an array of strings")
+	}
+	switch {
+	case len(items) == 0:
+		return nil, httpjson.Errorf(http.StatusBadRequest, "workItems is empty: name at least one item, or leave workItems out to process the default items")
+	case len(items) > limits.MaxWorkItems:
+		return nil, httpjson.Errorf(http.StatusBadRequest, "workItems has %d items: at most %d are allowed", len(items), limits.MaxWorkItems)
+	}
+	for i, item := range items {
+		if strings.TrimSpace(item) == "" {
+			return nil, httpjson.Errorf(http.StatusBadRequest, "workItems[%d] is empty", i)
+		}
+		if n := utf8.RuneCountInString(item); n > limits.MaxItemLength {
+			return nil, httpjson.Errorf(http.StatusBadRequest, "workItems[%d] is %d characters long: at most %d are allowed", i, n, limits.MaxItemLength)
+		}
+	}
+	return items, nil
+}
+
+// statusBody is the status function's answer, in Durable Functions' shape.
+type statusBody struct {
+	Name            string          `json:"name"`
+	InstanceID      string          `json:"instanceId"`
+	RuntimeStatus   string          `json:"runtimeStatus"`
+	Input           json.RawMessage `json:"input"`
+	CustomStatus    json.RawMessage `json:"customStatus"`
+	Output          json.RawMessage `json:"output"`
+	CreatedTime     string          `json:"createdTime"`
+	LastUpdatedTime string          `json:"lastUpdatedTime"`
+}
+
+var runtimeStatusNames = map[api.OrchestrationStatus]string{
+	api.RUNTIME_STATUS_PENDING:          "Pending",
+	api.RUNTIME_STATUS_RUNNING:          "Running",
+	api.RUNTIME_STATUS_COMPLETED:        "Completed",
+	api.RUNTIME_STATUS_CONTINUED_AS_NEW: "ContinuedAsNew",
+	api.RUNTIME_STATUS_FAILED:           "Failed",
+	api.RUNTIME_STATUS_CANCELED:         "Canceled",
+	api.RUNTIME_STATUS_TERMINATED:       "Terminated",
+	api.RUNTIME_STATUS_SUSPENDED:        "Suspended",
+}
+
+// Status is status: it reports an instance's state, answering 202 with where
+// to poll again while it has not finished and 200 once it has.
+func Status(hub taskhub.Client, statusURL StatusURL) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := mux.Vars(r)["instanceId"]
+		if id == "" {
+			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusBadRequest, "no instance id in the request"))
+			return
+		}
+		md, err := hub.FetchOrchestrationMetadata(r.Context(), api.InstanceID(id), api.WithFetchPayloads(true))
+		if errors.Is(err, api.ErrInstanceNotFound) {
+			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusNotFound, "no orchestration instance has id %q", id))
+			return
+		} else if err != nil {
+			httpjson.RenderError(w, r, fmt.Errorf("fetching instance %s: %w", id, err))
+			return
+		}
+
+		body := statusBody{
+			Name:            md.Name,
+			InstanceID:      string(md.InstanceID),
+			RuntimeStatus:   runtimeStatusNames[md.RuntimeStatus],
+			Input:           jsonValue(md.SerializedInput),
+			CustomStatus:    jsonValue(md.SerializedCustomStatus),
+			Output:          jsonValue(md.SerializedOutput),
+			CreatedTime:     timestamp(md.CreatedAt),
+			LastUpdatedTime: timestamp(md.LastUpdatedAt),
+		}
+		if md.RuntimeStatus == api.RUNTIME_STATUS_FAILED && md.FailureDetails != nil {
+			// As in Durable Functions, a failed instance's output is its failure message.
+			body.Output, _ = json.Marshal(md.FailureDetails.GetErrorMessage())
+		}
+		status := http.StatusOK
+		if !md.IsComplete() {
+			status = http.StatusAccepted
+			w.Header().Set("Location", statusURL(r, id))
+			w.Header().Set("Retry-After", retryAfterRunning)
+		}
+		httpjson.Write(w, status, body)
+	})
+}
+
+// jsonValue turns a serialized payload into the JSON value it holds: null
+// when there is none, and a JSON string if it is not JSON (which only a
+// foreign client could have stored).
+func jsonValue(s string) json.RawMessage {
+	if s == "" {
+		return json.RawMessage("null")
+	}
+	if json.Valid([]byte(s)) {
+		return json.RawMessage(s)
+	}
+	quoted, _ := json.Marshal(s)
+	return quoted
+}
+
+func timestamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}

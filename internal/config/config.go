@@ -1,0 +1,347 @@
+// Package config reads and validates, once at start, everything the handler
+// is configured by: host.json (as Durable Functions users write it) and the
+// app settings, which the Functions host passes as environment variables.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Config is the validated configuration of one handler process.
+type Config struct {
+	AppRoot     string // folder holding host.json and the function folders
+	Port        int    // 0 picks a free port
+	RoutePrefix string // "api" unless host.json says otherwise; no slashes
+	LogFormat   string // "json" or "console"
+	LogLevel    zerolog.Level
+	Limits      Limits
+	Work        Work
+	TaskHub     TaskHub
+}
+
+// Limits bound what one start request may ask for.
+type Limits struct {
+	MaxWorkItems  int
+	MaxItemLength int // in characters
+	MaxBodyBytes  int64
+}
+
+// Work is how long process_work_item pretends to work, drawn uniformly from
+// [MinDelay, MaxDelay].
+type Work struct {
+	MinDelay, MaxDelay time.Duration
+}
+
+// TaskHub says which durable task hub to run on and how hard to drive it.
+type TaskHub struct {
+	Name string
+	// ConnectionSetting names the app setting holding the scheduler connection
+	// string; ConnectionString is its value. Empty selects the embedded hub.
+	// The value may hold a secret: never log it.
+	ConnectionSetting string
+	ConnectionString  string
+	// EmbeddedFile is the SQLite file of the embedded hub.
+	EmbeddedFile string
+	// LockTimeout is how long a work item stays locked to the process that took
+	// it; after a crash its work resumes once the lock expires.
+	LockTimeout                 time.Duration
+	MaxConcurrentActivities     int
+	MaxConcurrentOrchestrations int
+}
+
+// Embedded reports whether the hub runs in-process on SQLite.
+func (t TaskHub) Embedded() bool { return t.ConnectionString == "" }
+
+// The app settings this package reads, besides the connection string whose
+// name host.json gives.
+const (
+	SettingPort          = "FUNCTIONS_CUSTOMHANDLER_PORT"
+	SettingAppRoot       = "FUNCTIONS_APP_ROOT_PATH"
+	SettingLogFormat     = "FANOUT_LOG_FORMAT"
+	SettingLogLevel      = "FANOUT_LOG_LEVEL"
+	SettingMaxWorkItems  = "FANOUT_MAX_WORK_ITEMS"
+	SettingMaxItemLength = "FANOUT_MAX_ITEM_LENGTH"
+	SettingMaxBodyBytes  = "FANOUT_MAX_BODY_BYTES"
+	SettingWorkMinDelay  = "FANOUT_WORK_MIN_DELAY"
+	SettingWorkMaxDelay  = "FANOUT_WORK_MAX_DELAY"
+	SettingEmbeddedDir   = "FANOUT_EMBEDDED_DIR"
+	SettingLockTimeout   = "FANOUT_EMBEDDED_LOCK_TIMEOUT"
+)
+
+// Defaults, where neither host.json nor an app setting says otherwise.
+const (
+	DefaultPort              = 7071
+	DefaultRoutePrefix       = "api"
+	DefaultHubName           = "default"
+	DefaultConnectionSetting = "DURABLE_TASK_SCHEDULER_CONNECTION_STRING"
+	DefaultEmbeddedDir       = ".durabletask"
+	DefaultMaxItemLength     = 256
+	DefaultMaxBodyBytes      = 1 << 20
+	DefaultWorkMinDelay      = 500 * time.Millisecond
+	DefaultWorkMaxDelay      = 2 * time.Second
+	DefaultLockTimeout       = 30 * time.Second
+
+	// MaxWorkItems is both the default and the ceiling: the embedded SQLite
+	// backend fails to schedule much more than 10,900 activities in one step.
+	MaxWorkItems = 10000
+)
+
+// DefaultConcurrency is the default for both host.json limits: what Durable
+// Functions uses on Premium and Dedicated plans, 10 per processor.
+func DefaultConcurrency() int { return 10 * runtime.GOMAXPROCS(0) }
+
+var hubNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+
+// Load reads host.json from the app root (FUNCTIONS_APP_ROOT_PATH, else the
+// working directory) and the app settings through getenv. Every problem found
+// is reported, not just the first.
+func Load(args []string, getenv func(string) string) (Config, error) {
+	if len(args) > 0 {
+		return Config{}, fmt.Errorf("unexpected arguments %q: the handler is configured by host.json and app settings (environment variables), see README.md", args)
+	}
+	root := getenv(SettingAppRoot)
+	if root == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return Config{}, fmt.Errorf("finding the app root: %w", err)
+		}
+		root = wd
+	}
+	root, err := filepath.Abs(root)
+	if err != nil {
+		return Config{}, fmt.Errorf("finding the app root: %w", err)
+	}
+	host, err := readHostJSON(filepath.Join(root, "host.json"))
+	if err != nil {
+		return Config{}, err
+	}
+
+	p := parser{getenv: getenv}
+	cfg := Config{
+		AppRoot:     root,
+		Port:        p.int(SettingPort, DefaultPort, 0, 65535),
+		RoutePrefix: DefaultRoutePrefix,
+		LogFormat:   p.oneOf(SettingLogFormat, "json", "json", "console"),
+		LogLevel:    p.level(SettingLogLevel, zerolog.InfoLevel),
+		Limits: Limits{
+			MaxWorkItems:  p.int(SettingMaxWorkItems, MaxWorkItems, 1, MaxWorkItems),
+			MaxItemLength: p.int(SettingMaxItemLength, DefaultMaxItemLength, 1, 1<<16),
+			MaxBodyBytes:  int64(p.int(SettingMaxBodyBytes, DefaultMaxBodyBytes, 2, 1<<30)),
+		},
+		Work: Work{
+			MinDelay: p.duration(SettingWorkMinDelay, DefaultWorkMinDelay),
+			MaxDelay: p.duration(SettingWorkMaxDelay, DefaultWorkMaxDelay),
+		},
+	}
+	if cfg.Work.MinDelay > cfg.Work.MaxDelay {
+		p.fail("%s (%s) is longer than %s (%s)", SettingWorkMinDelay, cfg.Work.MinDelay, SettingWorkMaxDelay, cfg.Work.MaxDelay)
+	}
+	if prefix := host.Extensions.HTTP.RoutePrefix; prefix != nil {
+		cfg.RoutePrefix = strings.Trim(*prefix, "/")
+	}
+
+	dt := host.Extensions.DurableTask
+	hub := TaskHub{
+		Name:                        DefaultHubName,
+		ConnectionSetting:           DefaultConnectionSetting,
+		LockTimeout:                 p.duration(SettingLockTimeout, DefaultLockTimeout),
+		MaxConcurrentActivities:     DefaultConcurrency(),
+		MaxConcurrentOrchestrations: DefaultConcurrency(),
+	}
+	if dt.HubName != nil {
+		if *dt.HubName == "" {
+			p.fail("host.json extensions.durableTask.hubName is empty")
+		}
+		hub.Name = p.expandSettings("host.json extensions.durableTask.hubName", *dt.HubName)
+	}
+	if hub.Name != "" && !hubNamePattern.MatchString(hub.Name) {
+		p.fail("task hub name %q: use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit", hub.Name)
+	}
+	if t := dt.StorageProvider.Type; t != "" && !strings.EqualFold(t, "azureManaged") {
+		p.fail("host.json extensions.durableTask.storageProvider.type is %q: this app runs on the Durable Task Scheduler (\"azureManaged\"), or on its embedded task hub when the connection string is empty", t)
+	}
+	if name := dt.StorageProvider.ConnectionStringName; name != "" {
+		hub.ConnectionSetting = name
+	}
+	hub.ConnectionString = strings.TrimSpace(getenv(hub.ConnectionSetting))
+	if n := dt.MaxConcurrentActivityFunctions; n != nil {
+		hub.MaxConcurrentActivities = p.positive("host.json extensions.durableTask.maxConcurrentActivityFunctions", *n)
+	}
+	if n := dt.MaxConcurrentOrchestratorFunctions; n != nil {
+		hub.MaxConcurrentOrchestrations = p.positive("host.json extensions.durableTask.maxConcurrentOrchestratorFunctions", *n)
+	}
+	dir := getenv(SettingEmbeddedDir)
+	if dir == "" {
+		dir = DefaultEmbeddedDir
+	}
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(root, dir)
+	}
+	if strings.ContainsAny(dir, "?#") {
+		// The path becomes part of a SQLite URI, where these start the query.
+		p.fail("%s %q: the path may not contain '?' or '#'", SettingEmbeddedDir, dir)
+	}
+	hub.EmbeddedFile = filepath.Join(dir, hub.Name+".sqlite")
+	if hub.LockTimeout < time.Second {
+		p.fail("%s is %s: it must be at least 1s", SettingLockTimeout, hub.LockTimeout)
+	} else if hub.LockTimeout <= cfg.Work.MaxDelay {
+		// A lock that expires while its activity still runs hands the item to
+		// another worker, and it runs twice.
+		p.fail("%s (%s) must be longer than %s (%s)", SettingLockTimeout, hub.LockTimeout, SettingWorkMaxDelay, cfg.Work.MaxDelay)
+	}
+	cfg.TaskHub = hub
+
+	if err := errors.Join(p.errs...); err != nil {
+		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	return cfg, nil
+}
+
+// hostJSON is the part of host.json this app reads. Property names match
+// case-insensitively, as the Functions host matches them.
+type hostJSON struct {
+	Extensions struct {
+		HTTP struct {
+			RoutePrefix *string `json:"routePrefix"`
+		} `json:"http"`
+		DurableTask struct {
+			HubName         *string `json:"hubName"`
+			StorageProvider struct {
+				Type                 string `json:"type"`
+				ConnectionStringName string `json:"connectionStringName"`
+			} `json:"storageProvider"`
+			MaxConcurrentActivityFunctions     *int `json:"maxConcurrentActivityFunctions"`
+			MaxConcurrentOrchestratorFunctions *int `json:"maxConcurrentOrchestratorFunctions"`
+		} `json:"durableTask"`
+	} `json:"extensions"`
+}
+
+func readHostJSON(path string) (hostJSON, error) {
+	var h hostJSON
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return h, fmt.Errorf("no host.json in %s: run the handler from the function app's folder or set %s", filepath.Dir(path), SettingAppRoot)
+	} else if err != nil {
+		return h, fmt.Errorf("reading host.json: %w", err)
+	}
+	if err := json.Unmarshal(data, &h); err != nil {
+		var syntax *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &syntax):
+			line := 1 + bytes.Count(data[:syntax.Offset], []byte("\n"))
+			return h, fmt.Errorf("host.json line %d: %v", line, syntax)
+		case errors.As(err, &typ):
+			return h, fmt.Errorf("host.json: %s must be a %s, not a JSON %s", typ.Field, jsonKind(typ.Type.Kind().String()), typ.Value)
+		}
+		return h, fmt.Errorf("host.json: %w", err)
+	}
+	return h, nil
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "int":
+		return "whole number"
+	case "struct":
+		return "JSON object"
+	}
+	return goKind
+}
+
+// parser reads app settings, collecting every error instead of stopping at one.
+type parser struct {
+	getenv func(string) string
+	errs   []error
+}
+
+func (p *parser) fail(format string, args ...any) {
+	p.errs = append(p.errs, fmt.Errorf(format, args...))
+}
+
+func (p *parser) int(name string, def, min, max int) int {
+	s := strings.TrimSpace(p.getenv(name))
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < min || n > max {
+		p.fail("%s is %q: it must be a whole number from %d to %d", name, s, min, max)
+		return def
+	}
+	return n
+}
+
+func (p *parser) positive(what string, n int) int {
+	if n < 1 {
+		p.fail("%s is %d: it must be at least 1", what, n)
+	}
+	return n
+}
+
+func (p *parser) duration(name string, def time.Duration) time.Duration {
+	s := strings.TrimSpace(p.getenv(name))
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		p.fail("%s is %q: it must be a duration such as 500ms, 2s or 0", name, s)
+		return def
+	}
+	return d
+}
+
+func (p *parser) oneOf(name, def string, allowed ...string) string {
+	s := strings.ToLower(strings.TrimSpace(p.getenv(name)))
+	if s == "" {
+		return def
+	}
+	for _, a := range allowed {
+		if s == a {
+			return s
+		}
+	}
+	p.fail("%s is %q: it must be one of %s", name, s, strings.Join(allowed, ", "))
+	return def
+}
+
+func (p *parser) level(name string, def zerolog.Level) zerolog.Level {
+	s := strings.TrimSpace(p.getenv(name))
+	if s == "" {
+		return def
+	}
+	l, err := zerolog.ParseLevel(strings.ToLower(s))
+	if err != nil || l == zerolog.NoLevel {
+		p.fail("%s is %q: it must be one of trace, debug, info, warn, error", name, s)
+		return def
+	}
+	return l
+}
+
+var settingRef = regexp.MustCompile(`%([^%]+)%`)
+
+// expandSettings replaces each %NAME% in s with the app setting NAME, as the
+// Functions host does in host.json.
+func (p *parser) expandSettings(what, s string) string {
+	return settingRef.ReplaceAllStringFunc(s, func(ref string) string {
+		name := strings.Trim(ref, "%")
+		v := p.getenv(name)
+		if v == "" {
+			p.fail("%s is %q, but app setting %s is not set", what, s, name)
+		}
+		return v
+	})
+}

@@ -1,0 +1,150 @@
+// Package customhandler speaks the Azure Functions custom handler protocol:
+// it reads each function's function.json, the single source of its methods
+// and route, and serves every function in both of the host's request modes,
+// forwarded HTTP and invocation payloads, plus the host's readiness probe.
+package customhandler
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// Function is one HTTP function as its function.json declares it.
+type Function struct {
+	Name    string   // the function's folder name
+	Methods []string // upper case; empty allows every method
+	Route   string   // route template without the prefix, e.g. "status/{instanceId}"
+	Params  []string // the route's {parameters}, in order
+	Trigger string   // name of the httpTrigger binding: the key under Data in payload mode
+	Output  string   // name of the http output binding: the key under Outputs
+}
+
+// Allows reports whether the function accepts method.
+func (f Function) Allows(method string) bool {
+	return len(f.Methods) == 0 || slices.Contains(f.Methods, method)
+}
+
+// Path returns the function's URL path under prefix, with each route
+// parameter replaced by its value in vars.
+func (f Function) Path(prefix string, vars map[string]string) string {
+	path := routeParam.ReplaceAllStringFunc(f.Route, func(p string) string {
+		return url.PathEscape(vars[strings.Trim(p, "{}")])
+	})
+	return joinPath(prefix, path)
+}
+
+func joinPath(prefix, route string) string {
+	if prefix == "" {
+		return "/" + route
+	}
+	return "/" + prefix + "/" + route
+}
+
+var (
+	routeParam   = regexp.MustCompile(`\{[^}]*\}`)
+	paramName    = regexp.MustCompile(`^\{[A-Za-z_][A-Za-z0-9_]*\}$`)
+	routeLiteral = regexp.MustCompile(`^[A-Za-z0-9._~!$&'()*+,;=:@-]+$`)
+	httpMethods  = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"}
+)
+
+type functionJSON struct {
+	Bindings []struct {
+		Type      string   `json:"type"`
+		Direction string   `json:"direction"`
+		Name      string   `json:"name"`
+		Methods   []string `json:"methods"`
+		Route     *string  `json:"route"`
+	} `json:"bindings"`
+}
+
+// LoadFunctions reads every <folder>/function.json under the app root, as the
+// Functions host does, sorted by name.
+func LoadFunctions(appRoot string) ([]Function, error) {
+	paths, err := filepath.Glob(filepath.Join(appRoot, "*", "function.json"))
+	if err != nil {
+		return nil, err
+	}
+	var fns []Function
+	var errs []error
+	for _, path := range paths {
+		fn, err := loadFunction(path)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		fns = append(fns, fn)
+	}
+	sort.Slice(fns, func(i, j int) bool { return fns[i].Name < fns[j].Name })
+	return fns, errors.Join(errs...)
+}
+
+func loadFunction(path string) (Function, error) {
+	name := filepath.Base(filepath.Dir(path))
+	where := filepath.Join(name, "function.json")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Function{}, err
+	}
+	var fj functionJSON
+	if err := json.Unmarshal(data, &fj); err != nil {
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) {
+			return Function{}, fmt.Errorf("%s line %d: %v", where, 1+bytes.Count(data[:syntax.Offset], []byte("\n")), syntax)
+		}
+		return Function{}, fmt.Errorf("%s: %w", where, err)
+	}
+
+	fn := Function{Name: name}
+	for _, b := range fj.Bindings {
+		switch {
+		case strings.EqualFold(b.Type, "httpTrigger") && strings.EqualFold(b.Direction, "in"):
+			if fn.Trigger != "" {
+				return Function{}, fmt.Errorf("%s: more than one httpTrigger binding", where)
+			}
+			fn.Trigger = b.Name
+			fn.Route = name
+			if b.Route != nil {
+				fn.Route = strings.Trim(*b.Route, "/")
+			}
+			for _, m := range b.Methods {
+				m = strings.ToUpper(m)
+				if !slices.Contains(httpMethods, m) {
+					return Function{}, fmt.Errorf("%s: %q is not an HTTP method", where, m)
+				}
+				fn.Methods = append(fn.Methods, m)
+			}
+		case strings.EqualFold(b.Type, "http") && strings.EqualFold(b.Direction, "out"):
+			if fn.Output != "" {
+				return Function{}, fmt.Errorf("%s: more than one http output binding", where)
+			}
+			fn.Output = b.Name
+		default:
+			return Function{}, fmt.Errorf("%s: binding %q of type %q (%s): this handler serves HTTP functions only, with one httpTrigger and one http output", where, b.Name, b.Type, b.Direction)
+		}
+	}
+	if fn.Trigger == "" || fn.Output == "" {
+		return Function{}, fmt.Errorf("%s: an HTTP function needs one httpTrigger binding and one http output binding", where)
+	}
+	if fn.Route == "" {
+		return Function{}, fmt.Errorf("%s: the route is empty", where)
+	}
+	for _, seg := range strings.Split(fn.Route, "/") {
+		switch {
+		case paramName.MatchString(seg):
+			fn.Params = append(fn.Params, strings.Trim(seg, "{}"))
+		case routeLiteral.MatchString(seg):
+		default:
+			return Function{}, fmt.Errorf("%s: route %q: segment %q is not supported; use literal segments and whole-segment {name} parameters", where, fn.Route, seg)
+		}
+	}
+	return fn, nil
+}

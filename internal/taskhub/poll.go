@@ -1,0 +1,101 @@
+package taskhub
+
+import (
+	"context"
+	"time"
+
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/backend"
+)
+
+// The library's own poll loop backs off to 5 s when idle, so the first
+// orchestration after a quiet spell waited seconds at each step. Instead each
+// worker is woken the moment this process makes work for it, and polls only
+// to find work that other processes sharing the hub made, or whose lock
+// expired after a crash.
+const (
+	minPollInterval = 10 * time.Millisecond
+	maxPollInterval = time.Second
+	errorBackoff    = 5 * time.Second
+)
+
+type wakeups struct {
+	orchestrations, activities chan struct{}
+}
+
+func newWakeups() wakeups {
+	return wakeups{make(chan struct{}, 1), make(chan struct{}, 1)}
+}
+
+// signal wakes a worker without blocking; one pending wake-up is enough.
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// notifyingBackend wakes the worker that has new work after each write that
+// makes some.
+type notifyingBackend struct {
+	backend.Backend
+	wake wakeups
+}
+
+func (b notifyingBackend) CreateOrchestrationInstance(ctx context.Context, e *backend.HistoryEvent, opts ...backend.OrchestrationIdReusePolicyOptions) error {
+	err := b.Backend.CreateOrchestrationInstance(ctx, e, opts...)
+	signal(b.wake.orchestrations)
+	return err
+}
+
+func (b notifyingBackend) AddNewOrchestrationEvent(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) error {
+	err := b.Backend.AddNewOrchestrationEvent(ctx, id, e)
+	signal(b.wake.orchestrations)
+	return err
+}
+
+func (b notifyingBackend) CompleteOrchestrationWorkItem(ctx context.Context, wi *backend.OrchestrationWorkItem) error {
+	err := b.Backend.CompleteOrchestrationWorkItem(ctx, wi)
+	signal(b.wake.activities)
+	signal(b.wake.orchestrations)
+	return err
+}
+
+func (b notifyingBackend) CompleteActivityWorkItem(ctx context.Context, wi *backend.ActivityWorkItem) error {
+	err := b.Backend.CompleteActivityWorkItem(ctx, wi)
+	signal(b.wake.orchestrations)
+	return err
+}
+
+// poll feeds w work items until ctx ends. ProcessNext waits for a free slot
+// when w already runs its maximum, and runs each item in its own goroutine.
+func poll(ctx context.Context, w backend.TaskWorker, wake <-chan struct{}) {
+	idle := minPollInterval
+	for {
+		found, err := w.ProcessNext(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		wait := idle
+		switch {
+		case found:
+			idle = minPollInterval
+			continue
+		case err != nil:
+			// ProcessNext has logged it; back off so a broken store is not hammered.
+			wait = errorBackoff
+		default:
+			idle = min(2*idle, maxPollInterval)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-wake:
+			idle = minPollInterval
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
