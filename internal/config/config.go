@@ -189,7 +189,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	if !filepath.IsAbs(dir) {
 		dir = filepath.Join(root, dir)
 	}
-	if strings.ContainsAny(dir, "?#") {
+	if hub.ConnectionString == "" && strings.ContainsAny(dir, "?#") {
 		// The path becomes part of a SQLite URI, where these start the query.
 		p.fail("%s %q: the path may not contain '?' or '#'", SettingEmbeddedDir, dir)
 	}

@@ -65,7 +65,8 @@ func payload(fn Function, h http.Handler, opts Options) http.Handler {
 		logs := &logCapture{}
 		fnLog := log.Output(zerolog.MultiLevelWriter(opts.LogWriter, logs))
 		rec := newRecorder()
-		h.ServeHTTP(rec, req.WithContext(fnLog.WithContext(ctx)))
+		// req's context holds the route parameters; add the capturing logger to it.
+		h.ServeHTTP(rec, req.WithContext(fnLog.WithContext(req.Context())))
 
 		httpjson.Write(w, http.StatusOK, invocationReply{
 			Outputs: map[string]httpOutput{fn.Output: rec.output()},

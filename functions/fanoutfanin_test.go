@@ -1,0 +1,298 @@
+package functions_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/task"
+	"github.com/rs/zerolog"
+
+	"fanoutfanin/functions"
+	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/taskhub"
+)
+
+// openHub runs the real engine on an embedded hub in a temporary file.
+func openHub(t *testing.T, registry *task.TaskRegistry) taskhub.Client {
+	t.Helper()
+	cfg := config.TaskHub{
+		Name:                        "test",
+		EmbeddedFile:                filepath.Join(t.TempDir(), "test.sqlite"),
+		LockTimeout:                 30 * time.Second,
+		MaxConcurrentActivities:     8,
+		MaxConcurrentOrchestrations: 4,
+	}
+	hub, err := taskhub.Open(context.Background(), cfg, registry, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := hub.Close(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	return hub.Client
+}
+
+// waitFor polls the instance until done says so, failing after 30 s.
+func waitFor(t *testing.T, c taskhub.Client, id api.InstanceID, done func(*api.OrchestrationMetadata) bool) *api.OrchestrationMetadata {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		md, err := c.FetchOrchestrationMetadata(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if done(md) {
+			return md
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("instance %s: gave up waiting; last status %v, custom status %s", id, md.RuntimeStatus, md.SerializedCustomStatus)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func complete(md *api.OrchestrationMetadata) bool { return md.IsComplete() }
+
+func start(t *testing.T, c taskhub.Client, items []string) api.InstanceID {
+	t.Helper()
+	id, err := c.ScheduleNewOrchestration(context.Background(), functions.OrchestratorName, api.WithInput(items))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func progress(t *testing.T, md *api.OrchestrationMetadata) functions.Progress {
+	t.Helper()
+	var p functions.Progress
+	if err := json.Unmarshal([]byte(md.SerializedCustomStatus), &p); err != nil {
+		t.Fatalf("custom status %q: %v", md.SerializedCustomStatus, err)
+	}
+	return p
+}
+
+func TestFanOutFanIn(t *testing.T) {
+	// Registration
+	r := task.NewTaskRegistry()
+	if err := functions.Register(r, 0, 0, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	hub := openHub(t, r)
+
+	// Run the orchestration
+	items := make([]string, 50)
+	for i := range items {
+		items[i] = fmt.Sprintf("Task%d", i+1)
+	}
+	md := waitFor(t, hub, start(t, hub, items), complete)
+
+	// Validate
+	if got, want := md.RuntimeStatus, api.RUNTIME_STATUS_COMPLETED; got != want {
+		t.Fatalf("status: got %v, want %v (failure: %v)", got, want, md.FailureDetails)
+	}
+	var s functions.Summary
+	if err := json.Unmarshal([]byte(md.SerializedOutput), &s); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := s.TotalItemsProcessed, len(items); got != want {
+		t.Errorf("total_items_processed: got %d, want %d", got, want)
+	}
+	for i, p := range s.ProcessedItems {
+		if want := "Processed_" + items[i]; p != want {
+			t.Fatalf("processed_items[%d]: got %q, want %q (work-item order)", i, p, want)
+		}
+	}
+	if len(s.ProcessedItems) != len(items) {
+		t.Errorf("processed_items: got %d, want %d", len(s.ProcessedItems), len(items))
+	}
+	if s.TotalValue < len(items) || s.TotalValue > 100*len(items) {
+		t.Errorf("total_value %d is outside what %d values of 1 to 100 can sum to", s.TotalValue, len(items))
+	}
+	if got, want := s.AverageValue, math.Round(float64(s.TotalValue)/float64(len(items))*100)/100; got != want {
+		t.Errorf("average_value: got %v, want %v", got, want)
+	}
+	if !s.Success {
+		t.Error("success: got false")
+	}
+	if got, want := progress(t, md), (functions.Progress{Completed: len(items), Total: len(items)}); got != want {
+		t.Errorf("final custom status: got %+v, want %+v", got, want)
+	}
+}
+
+// The custom status counts items as they finish, whatever their order: here
+// the first item holds out while the rest finish.
+func TestProgressCountsItemsInTheOrderTheyFinish(t *testing.T) {
+	release := make(chan struct{})
+	r := task.NewTaskRegistry()
+	r.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
+	r.AddActivityN(functions.ProcessWorkItemName, func(ctx task.ActivityContext) (any, error) {
+		var item string
+		if err := ctx.GetInput(&item); err != nil {
+			return nil, err
+		}
+		if item == "slow" {
+			<-release
+		}
+		return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: 10}, nil
+	})
+	r.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
+	hub := openHub(t, r)
+
+	id := start(t, hub, []string{"slow", "a", "b", "c"})
+	md := waitFor(t, hub, id, func(md *api.OrchestrationMetadata) bool {
+		return md.SerializedCustomStatus != "" && progress(t, md).Completed == 3
+	})
+	if got, want := md.RuntimeStatus, api.RUNTIME_STATUS_RUNNING; got != want {
+		t.Fatalf("with one item outstanding: got %v, want %v", got, want)
+	}
+	if got, want := progress(t, md), (functions.Progress{Completed: 3, Total: 4}); got != want {
+		t.Errorf("custom status: got %+v, want %+v", got, want)
+	}
+
+	close(release)
+	md = waitFor(t, hub, id, complete)
+	if got, want := md.RuntimeStatus, api.RUNTIME_STATUS_COMPLETED; got != want {
+		t.Fatalf("status: got %v, want %v", got, want)
+	}
+	var s functions.Summary
+	if err := json.Unmarshal([]byte(md.SerializedOutput), &s); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := s.ProcessedItems, []string{"Processed_slow", "Processed_a", "Processed_b", "Processed_c"}; !slices.Equal(got, want) {
+		t.Errorf("processed_items: got %q, want %q", got, want)
+	}
+	if got, want := s.TotalValue, 40; got != want {
+		t.Errorf("total_value: got %d, want %d", got, want)
+	}
+}
+
+func TestFailedWorkItemFailsTheOrchestration(t *testing.T) {
+	r := task.NewTaskRegistry()
+	r.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
+	r.AddActivityN(functions.ProcessWorkItemName, func(ctx task.ActivityContext) (any, error) {
+		var item string
+		if err := ctx.GetInput(&item); err != nil {
+			return nil, err
+		}
+		if item == "bad" {
+			return nil, errors.New("the bad item cannot be processed")
+		}
+		return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: 1}, nil
+	})
+	r.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
+	hub := openHub(t, r)
+
+	md := waitFor(t, hub, start(t, hub, []string{"good", "bad"}), complete)
+	if got, want := md.RuntimeStatus, api.RUNTIME_STATUS_FAILED; got != want {
+		t.Fatalf("status: got %v, want %v", got, want)
+	}
+	msg := md.FailureDetails.GetErrorMessage()
+	for _, want := range []string{`work item 1 ("bad") failed`, "the bad item cannot be processed"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("failure message %q does not say %q", msg, want)
+		}
+	}
+}
+
+// activityInput is an ActivityContext holding a JSON input, for running an
+// activity on its own.
+type activityInput struct {
+	ctx   context.Context
+	input any
+}
+
+func (a activityInput) GetInput(v any) error {
+	data, err := json.Marshal(a.input)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(data, v)
+}
+
+func (a activityInput) Context() context.Context { return a.ctx }
+
+func TestAggregateResults(t *testing.T) {
+	results := []functions.ItemResult{
+		{Item: "Task1", ProcessedItem: "Processed_Task1", Value: 10, ProcessingTime: 0.5},
+		{Item: "Task2", ProcessedItem: "Processed_Task2", Value: 25, ProcessingTime: 1.25},
+		{Item: "Task3", ProcessedItem: "Processed_Task3", Value: 30, ProcessingTime: 1.72},
+	}
+	out, err := functions.AggregateResults(activityInput{context.Background(), results})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := out.(functions.Summary)
+	want := functions.Summary{
+		TotalItemsProcessed: 3,
+		TotalValue:          65,
+		AverageValue:        21.67,
+		TotalProcessingTime: 3.47,
+		ProcessedItems:      []string{"Processed_Task1", "Processed_Task2", "Processed_Task3"},
+		Success:             true,
+	}
+	if !slices.Equal(got.ProcessedItems, want.ProcessedItems) {
+		t.Errorf("processed_items: got %q, want %q", got.ProcessedItems, want.ProcessedItems)
+	}
+	got.ProcessedItems, want.ProcessedItems = nil, nil
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("summary: got %+v, want %+v", got, want)
+	}
+
+	// The summary's JSON names are the seed's.
+	data, _ := json.Marshal(out)
+	var fields map[string]any
+	json.Unmarshal(data, &fields)
+	for _, name := range []string{"total_items_processed", "total_value", "average_value", "total_processing_time", "processed_items", "success"} {
+		if _, ok := fields[name]; !ok {
+			t.Errorf("summary JSON lacks %q: %s", name, data)
+		}
+	}
+}
+
+func TestProcessWorkItem(t *testing.T) {
+	const minDelay, maxDelay = 20 * time.Millisecond, 40 * time.Millisecond
+	activity := functions.ProcessWorkItem(minDelay, maxDelay)
+	for range 5 {
+		start := time.Now()
+		out, err := activity(activityInput{context.Background(), "Task7"})
+		elapsed := time.Since(start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := out.(functions.ItemResult)
+		if r.Item != "Task7" || r.ProcessedItem != "Processed_Task7" {
+			t.Errorf("item, processed_item: got %q, %q", r.Item, r.ProcessedItem)
+		}
+		if r.Value < 1 || r.Value > 100 {
+			t.Errorf("value %d is not in 1..100", r.Value)
+		}
+		if elapsed < minDelay {
+			t.Errorf("worked %s, less than the minimum %s", elapsed, minDelay)
+		}
+		if r.ProcessingTime < 0.02 || r.ProcessingTime > elapsed.Seconds()+0.005 {
+			t.Errorf("processing_time %v s does not match the %s spent", r.ProcessingTime, elapsed)
+		}
+	}
+}
+
+func TestProcessWorkItemStopsWhenTheWorkerStops(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := functions.ProcessWorkItem(time.Hour, time.Hour)(activityInput{ctx, "Task1"}); !errors.Is(err, context.Canceled) {
+		t.Errorf("got %v, want context.Canceled", err)
+	}
+}

@@ -1,0 +1,459 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+const minimalHostJSON = `{"version":"2.0"}`
+
+// appRoot returns a temporary app root holding hostJSON as its host.json.
+func appRoot(t *testing.T, hostJSON string) string {
+	t.Helper()
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "host.json"), []byte(hostJSON), 0o644); err != nil {
+		t.Fatalf("writing host.json: %v", err)
+	}
+	return root
+}
+
+// fakeEnv returns a getenv reading settings, with the app root set to root.
+func fakeEnv(root string, settings map[string]string) func(string) string {
+	env := map[string]string{SettingAppRoot: root}
+	for k, v := range settings {
+		env[k] = v
+	}
+	return func(name string) string { return env[name] }
+}
+
+// load runs Load on an app root holding hostJSON, with settings.
+func load(t *testing.T, hostJSON string, settings map[string]string) (Config, string, error) {
+	t.Helper()
+	root := appRoot(t, hostJSON)
+	cfg, err := Load(nil, fakeEnv(root, settings))
+	return cfg, root, err
+}
+
+// mustLoad is load for a configuration that must be valid.
+func mustLoad(t *testing.T, hostJSON string, settings map[string]string) (Config, string) {
+	t.Helper()
+	cfg, root, err := load(t, hostJSON, settings)
+	if err != nil {
+		t.Fatalf("Load: unexpected error: %v", err)
+	}
+	return cfg, root
+}
+
+// wantErr checks that err is set and its message holds every one of parts.
+func wantErr(t *testing.T, err error, parts ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("Load: got no error, want one containing %q", parts)
+	}
+	for _, p := range parts {
+		if !strings.Contains(err.Error(), p) {
+			t.Errorf("Load error does not contain %q:\n%v", p, err)
+		}
+	}
+}
+
+func TestLoadDefaults(t *testing.T) {
+	cfg, root := mustLoad(t, minimalHostJSON, nil)
+
+	if got, want := cfg.AppRoot, root; got != want {
+		t.Errorf("AppRoot: got %v, want %v", got, want)
+	}
+	if got, want := cfg.Port, 7071; got != want {
+		t.Errorf("Port: got %v, want %v", got, want)
+	}
+	if got, want := cfg.RoutePrefix, "api"; got != want {
+		t.Errorf("RoutePrefix: got %q, want %q", got, want)
+	}
+	if got, want := cfg.LogFormat, "json"; got != want {
+		t.Errorf("LogFormat: got %q, want %q", got, want)
+	}
+	if got, want := cfg.LogLevel, zerolog.InfoLevel; got != want {
+		t.Errorf("LogLevel: got %v, want %v", got, want)
+	}
+	if got, want := cfg.Limits, (Limits{MaxWorkItems: 10000, MaxItemLength: 256, MaxBodyBytes: 1 << 20}); got != want {
+		t.Errorf("Limits: got %+v, want %+v", got, want)
+	}
+	if got, want := cfg.Work, (Work{MinDelay: 500 * time.Millisecond, MaxDelay: 2 * time.Second}); got != want {
+		t.Errorf("Work: got %+v, want %+v", got, want)
+	}
+
+	hub := cfg.TaskHub
+	if got, want := hub.Name, "default"; got != want {
+		t.Errorf("TaskHub.Name: got %q, want %q", got, want)
+	}
+	if got, want := hub.ConnectionSetting, "DURABLE_TASK_SCHEDULER_CONNECTION_STRING"; got != want {
+		t.Errorf("TaskHub.ConnectionSetting: got %q, want %q", got, want)
+	}
+	if got, want := hub.ConnectionString, ""; got != want {
+		t.Errorf("TaskHub.ConnectionString: got %q, want %q", got, want)
+	}
+	if got, want := hub.Embedded(), true; got != want {
+		t.Errorf("TaskHub.Embedded(): got %v, want %v", got, want)
+	}
+	if got, want := hub.EmbeddedFile, filepath.Join(root, ".durabletask", "default.sqlite"); got != want {
+		t.Errorf("TaskHub.EmbeddedFile: got %q, want %q", got, want)
+	}
+	if got, want := hub.LockTimeout, 30*time.Second; got != want {
+		t.Errorf("TaskHub.LockTimeout: got %v, want %v", got, want)
+	}
+	if got, want := hub.MaxConcurrentActivities, DefaultConcurrency(); got != want {
+		t.Errorf("TaskHub.MaxConcurrentActivities: got %v, want %v", got, want)
+	}
+	if got, want := hub.MaxConcurrentOrchestrations, DefaultConcurrency(); got != want {
+		t.Errorf("TaskHub.MaxConcurrentOrchestrations: got %v, want %v", got, want)
+	}
+	if DefaultConcurrency() < 10 {
+		t.Errorf("DefaultConcurrency(): got %d, want at least 10", DefaultConcurrency())
+	}
+}
+
+func TestLoadRepositoryHostJSON(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "host.json"))
+	if err != nil {
+		t.Fatalf("reading the repository's host.json: %v", err)
+	}
+	cfg, _ := mustLoad(t, string(data), nil)
+	if got, want := cfg.TaskHub.Name, "default"; got != want {
+		t.Errorf("TaskHub.Name: got %q, want %q", got, want)
+	}
+	if got, want := cfg.RoutePrefix, "api"; got != want {
+		t.Errorf("RoutePrefix: got %q, want %q", got, want)
+	}
+	if got, want := cfg.TaskHub.ConnectionSetting, "DURABLE_TASK_SCHEDULER_CONNECTION_STRING"; got != want {
+		t.Errorf("TaskHub.ConnectionSetting: got %q, want %q", got, want)
+	}
+	if got, want := cfg.TaskHub.Embedded(), true; got != want {
+		t.Errorf("TaskHub.Embedded(): got %v, want %v", got, want)
+	}
+}
+
+func TestLoadSettingsOverrideDefaults(t *testing.T) {
+	cfg, _ := mustLoad(t, minimalHostJSON, map[string]string{
+		SettingPort:          "0",
+		SettingLogFormat:     " Console ",
+		SettingLogLevel:      "DEBUG",
+		SettingMaxWorkItems:  "10000",
+		SettingMaxItemLength: "12",
+		SettingMaxBodyBytes:  "4096",
+		SettingWorkMinDelay:  "0",
+		SettingWorkMaxDelay:  "10ms",
+		SettingLockTimeout:   "1s",
+	})
+	if got, want := cfg.Port, 0; got != want {
+		t.Errorf("Port: got %v, want %v", got, want)
+	}
+	if got, want := cfg.LogFormat, "console"; got != want {
+		t.Errorf("LogFormat: got %q, want %q", got, want)
+	}
+	if got, want := cfg.LogLevel, zerolog.DebugLevel; got != want {
+		t.Errorf("LogLevel: got %v, want %v", got, want)
+	}
+	if got, want := cfg.Limits, (Limits{MaxWorkItems: 10000, MaxItemLength: 12, MaxBodyBytes: 4096}); got != want {
+		t.Errorf("Limits: got %+v, want %+v", got, want)
+	}
+	if got, want := cfg.Work, (Work{MinDelay: 0, MaxDelay: 10 * time.Millisecond}); got != want {
+		t.Errorf("Work: got %+v, want %+v", got, want)
+	}
+	if got, want := cfg.TaskHub.LockTimeout, time.Second; got != want {
+		t.Errorf("TaskHub.LockTimeout: got %v, want %v", got, want)
+	}
+}
+
+func TestLoadHostJSONConcurrency(t *testing.T) {
+	cfg, _ := mustLoad(t, `{"version":"2.0","extensions":{"durableTask":{
+		"maxConcurrentActivityFunctions": 3,
+		"maxConcurrentOrchestratorFunctions": 4}}}`, nil)
+	if got, want := cfg.TaskHub.MaxConcurrentActivities, 3; got != want {
+		t.Errorf("MaxConcurrentActivities: got %v, want %v", got, want)
+	}
+	if got, want := cfg.TaskHub.MaxConcurrentOrchestrations, 4; got != want {
+		t.Errorf("MaxConcurrentOrchestrations: got %v, want %v", got, want)
+	}
+}
+
+func TestLoadHubName(t *testing.T) {
+	t.Run("app setting reference", func(t *testing.T) {
+		cfg, root := mustLoad(t, `{"version":"2.0","extensions":{"durableTask":{"hubName":"%TASKHUB_NAME%"}}}`,
+			map[string]string{"TASKHUB_NAME": "myhub"})
+		if got, want := cfg.TaskHub.Name, "myhub"; got != want {
+			t.Errorf("TaskHub.Name: got %q, want %q", got, want)
+		}
+		if got, want := cfg.TaskHub.EmbeddedFile, filepath.Join(root, ".durabletask", "myhub.sqlite"); got != want {
+			t.Errorf("TaskHub.EmbeddedFile: got %q, want %q", got, want)
+		}
+	})
+	t.Run("unset app setting", func(t *testing.T) {
+		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"hubName":"%TASKHUB_NAME%"}}}`, nil)
+		wantErr(t, err, "TASKHUB_NAME", "hubName")
+	})
+	t.Run("literal", func(t *testing.T) {
+		cfg, _ := mustLoad(t, `{"version":"2.0","extensions":{"durableTask":{"hubName":"Hub_1-a"}}}`, nil)
+		if got, want := cfg.TaskHub.Name, "Hub_1-a"; got != want {
+			t.Errorf("TaskHub.Name: got %q, want %q", got, want)
+		}
+	})
+	for _, name := range []string{"../x", "a b", "-leading", strings.Repeat("h", 65)} {
+		t.Run("invalid "+name, func(t *testing.T) {
+			_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"hubName":"`+name+`"}}}`, nil)
+			wantErr(t, err, "task hub name", `"`+name+`"`)
+		})
+	}
+	t.Run("invalid after expansion", func(t *testing.T) {
+		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"hubName":"%TASKHUB_NAME%"}}}`,
+			map[string]string{"TASKHUB_NAME": "../x"})
+		wantErr(t, err, "task hub name", `"../x"`)
+	})
+	t.Run("empty", func(t *testing.T) {
+		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"hubName":""}}}`, nil)
+		wantErr(t, err, "hubName is empty")
+	})
+}
+
+func TestLoadRoutePrefix(t *testing.T) {
+	for _, tc := range []struct{ name, prefix, want string }{
+		{"empty", "", ""},
+		{"slash", "/", ""},
+		{"slashes around", "/v1/", "v1"},
+		{"plain", "v1", "v1"},
+		{"two segments", "api/v2", "api/v2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, _ := mustLoad(t, `{"version":"2.0","extensions":{"http":{"routePrefix":"`+tc.prefix+`"}}}`, nil)
+			if got, want := cfg.RoutePrefix, tc.want; got != want {
+				t.Errorf("RoutePrefix for %q: got %q, want %q", tc.prefix, got, want)
+			}
+		})
+	}
+}
+
+func TestLoadConnectionString(t *testing.T) {
+	const custom = `{"version":"2.0","extensions":{"durableTask":{"storageProvider":{"type":"azureManaged","connectionStringName":"MY_DTS"}}}}`
+	const value = "Endpoint=https://x.durabletask.io;Authentication=ManagedIdentity"
+
+	for _, tc := range []struct {
+		name         string
+		hostJSON     string
+		settings     map[string]string
+		wantSetting  string
+		wantValue    string
+		wantEmbedded bool
+	}{
+		{
+			name:         "default setting unset",
+			hostJSON:     minimalHostJSON,
+			wantSetting:  DefaultConnectionSetting,
+			wantEmbedded: true,
+		},
+		{
+			name:        "default setting set",
+			hostJSON:    minimalHostJSON,
+			settings:    map[string]string{DefaultConnectionSetting: value},
+			wantSetting: DefaultConnectionSetting,
+			wantValue:   value,
+		},
+		{
+			name:        "custom setting set",
+			hostJSON:    custom,
+			settings:    map[string]string{"MY_DTS": "  " + value + "\n", DefaultConnectionSetting: "other"},
+			wantSetting: "MY_DTS",
+			wantValue:   value,
+		},
+		{
+			name:         "custom setting unset ignores the default one",
+			hostJSON:     custom,
+			settings:     map[string]string{DefaultConnectionSetting: value},
+			wantSetting:  "MY_DTS",
+			wantEmbedded: true,
+		},
+		{
+			name:         "custom setting whitespace only",
+			hostJSON:     custom,
+			settings:     map[string]string{"MY_DTS": " \t\n"},
+			wantSetting:  "MY_DTS",
+			wantEmbedded: true,
+		},
+		{
+			name:        "storage provider type in another case",
+			hostJSON:    `{"version":"2.0","extensions":{"durableTask":{"storageProvider":{"type":"AzureManaged"}}}}`,
+			settings:    map[string]string{DefaultConnectionSetting: value},
+			wantSetting: DefaultConnectionSetting,
+			wantValue:   value,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, _ := mustLoad(t, tc.hostJSON, tc.settings)
+			if got, want := cfg.TaskHub.ConnectionSetting, tc.wantSetting; got != want {
+				t.Errorf("ConnectionSetting: got %q, want %q", got, want)
+			}
+			if got, want := cfg.TaskHub.ConnectionString, tc.wantValue; got != want {
+				t.Errorf("ConnectionString: got %q, want %q", got, want)
+			}
+			if got, want := cfg.TaskHub.Embedded(), tc.wantEmbedded; got != want {
+				t.Errorf("Embedded(): got %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+func TestLoadEmbeddedDir(t *testing.T) {
+	t.Run("relative", func(t *testing.T) {
+		cfg, root := mustLoad(t, minimalHostJSON, map[string]string{SettingEmbeddedDir: filepath.Join("data", "hub")})
+		if got, want := cfg.TaskHub.EmbeddedFile, filepath.Join(root, "data", "hub", "default.sqlite"); got != want {
+			t.Errorf("EmbeddedFile: got %q, want %q", got, want)
+		}
+	})
+	t.Run("absolute", func(t *testing.T) {
+		dir := t.TempDir()
+		cfg, _ := mustLoad(t, minimalHostJSON, map[string]string{SettingEmbeddedDir: dir})
+		if got, want := cfg.TaskHub.EmbeddedFile, filepath.Join(dir, "default.sqlite"); got != want {
+			t.Errorf("EmbeddedFile: got %q, want %q", got, want)
+		}
+	})
+	for _, dir := range []string{"state?mode=memory", "state#x"} {
+		t.Run("rejects "+dir, func(t *testing.T) {
+			_, _, err := load(t, minimalHostJSON, map[string]string{SettingEmbeddedDir: dir})
+			wantErr(t, err, SettingEmbeddedDir, dir, "may not contain '?' or '#'")
+		})
+	}
+}
+
+func TestLoadRelativeAppRoot(t *testing.T) {
+	root := appRoot(t, minimalHostJSON)
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(wd, root)
+	if err != nil {
+		t.Skipf("temp dir not reachable relative to %s: %v", wd, err)
+	}
+	cfg, err := Load(nil, fakeEnv(rel, nil))
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if got, want := cfg.AppRoot, root; got != want {
+		t.Errorf("AppRoot: got %q, want %q", got, want)
+	}
+}
+
+func TestLoadHostJSONErrors(t *testing.T) {
+	t.Run("missing", func(t *testing.T) {
+		root := t.TempDir()
+		_, err := Load(nil, fakeEnv(root, nil))
+		wantErr(t, err, "host.json", root, SettingAppRoot)
+	})
+	t.Run("invalid JSON", func(t *testing.T) {
+		_, _, err := load(t, "{\n  \"version\": \"2.0\",\n  \"extensions\": {\n    \"http\": {\"routePrefix\": \"api\",}\n  }\n}\n", nil)
+		wantErr(t, err, "host.json line 4:")
+	})
+	t.Run("invalid JSON on the first line", func(t *testing.T) {
+		_, _, err := load(t, `{"version": 2.0,,}`, nil)
+		wantErr(t, err, "host.json line 1:")
+	})
+	t.Run("truncated", func(t *testing.T) {
+		_, _, err := load(t, "{\n  \"version\": \"2.0\",\n", nil)
+		wantErr(t, err, "host.json")
+	})
+	t.Run("maxConcurrentActivityFunctions as a string", func(t *testing.T) {
+		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"maxConcurrentActivityFunctions":"8"}}}`, nil)
+		wantErr(t, err, "maxConcurrentActivityFunctions", "whole number", "string")
+	})
+	t.Run("maxConcurrentOrchestratorFunctions zero", func(t *testing.T) {
+		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"maxConcurrentOrchestratorFunctions":0}}}`, nil)
+		wantErr(t, err, "maxConcurrentOrchestratorFunctions is 0", "at least 1")
+	})
+	t.Run("maxConcurrentActivityFunctions negative", func(t *testing.T) {
+		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"maxConcurrentActivityFunctions":-2}}}`, nil)
+		wantErr(t, err, "maxConcurrentActivityFunctions is -2", "at least 1")
+	})
+	t.Run("storage provider AzureStorage", func(t *testing.T) {
+		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"storageProvider":{"type":"AzureStorage"}}}}`, nil)
+		wantErr(t, err, "storageProvider.type", `"AzureStorage"`, "azureManaged")
+	})
+}
+
+func TestLoadSettingErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		settings map[string]string
+		want     []string
+	}{
+		{"max work items zero", map[string]string{SettingMaxWorkItems: "0"},
+			[]string{SettingMaxWorkItems, `"0"`, "from 1 to 10000"}},
+		{"max work items above the ceiling", map[string]string{SettingMaxWorkItems: "10001"},
+			[]string{SettingMaxWorkItems, `"10001"`, "from 1 to 10000"}},
+		{"max work items not a number", map[string]string{SettingMaxWorkItems: "abc"},
+			[]string{SettingMaxWorkItems, `"abc"`, "whole number"}},
+		{"max body bytes too small", map[string]string{SettingMaxBodyBytes: "1"},
+			[]string{SettingMaxBodyBytes, `"1"`}},
+		{"min delay longer than max", map[string]string{SettingWorkMinDelay: "3s", SettingWorkMaxDelay: "1s", SettingLockTimeout: "10s"},
+			[]string{SettingWorkMinDelay, SettingWorkMaxDelay, "3s", "is longer than"}},
+		{"delay not a duration", map[string]string{SettingWorkMaxDelay: "soon"},
+			[]string{SettingWorkMaxDelay, `"soon"`, "duration"}},
+		{"negative delay", map[string]string{SettingWorkMinDelay: "-1s"},
+			[]string{SettingWorkMinDelay, `"-1s"`}},
+		{"lock timeout equal to max delay", map[string]string{SettingLockTimeout: "2s"},
+			[]string{SettingLockTimeout, SettingWorkMaxDelay, "must be longer than"}},
+		{"lock timeout shorter than max delay", map[string]string{SettingLockTimeout: "5s", SettingWorkMaxDelay: "6s"},
+			[]string{SettingLockTimeout, "must be longer than"}},
+		{"lock timeout under a second", map[string]string{SettingLockTimeout: "500ms", SettingWorkMinDelay: "0", SettingWorkMaxDelay: "0"},
+			[]string{SettingLockTimeout, "at least 1s"}},
+		{"log format xml", map[string]string{SettingLogFormat: "xml"},
+			[]string{SettingLogFormat, `"xml"`, "json, console"}},
+		{"log level loud", map[string]string{SettingLogLevel: "loud"},
+			[]string{SettingLogLevel, `"loud"`, "trace, debug, info, warn, error"}},
+		{"port out of range", map[string]string{SettingPort: "70000"},
+			[]string{SettingPort, `"70000"`, "from 0 to 65535"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := load(t, minimalHostJSON, tc.settings)
+			wantErr(t, err, tc.want...)
+		})
+	}
+}
+
+func TestLoadReportsEveryProblem(t *testing.T) {
+	_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{
+		"hubName": "../x",
+		"maxConcurrentOrchestratorFunctions": 0,
+		"storageProvider": {"type": "AzureStorage"}}}}`,
+		map[string]string{
+			SettingPort:         "70000",
+			SettingLogFormat:    "xml",
+			SettingLogLevel:     "loud",
+			SettingMaxWorkItems: "abc",
+			SettingEmbeddedDir:  "a?b",
+		})
+	wantErr(t, err,
+		"invalid configuration",
+		SettingPort,
+		SettingLogFormat,
+		SettingLogLevel,
+		SettingMaxWorkItems,
+		SettingEmbeddedDir,
+		"task hub name",
+		"maxConcurrentOrchestratorFunctions",
+		"azureManaged",
+	)
+	if err != nil {
+		if got, want := strings.Count(err.Error(), "\n"), 8; got != want {
+			t.Errorf("lines in the error: got %d, want %d (a heading and one per problem):\n%v", got, want, err)
+		}
+	}
+}
+
+func TestLoadUnexpectedArguments(t *testing.T) {
+	root := appRoot(t, minimalHostJSON)
+	_, err := Load([]string{"--port", "8080"}, fakeEnv(root, nil))
+	wantErr(t, err, "unexpected arguments", "--port", "app settings")
+}
