@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/microsoft/durabletask-go/backend"
@@ -51,11 +52,12 @@ func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRe
 	for _, w := range []struct {
 		worker backend.TaskWorker
 		wake   <-chan struct{}
-	}{{orchestrations, wake.orchestrations}, {activities, wake.activities}} {
+		settle time.Duration
+	}{{orchestrations, wake.orchestrations, orchestrationSettle}, {activities, wake.activities, 0}} {
 		loops.Add(1)
 		go func() {
 			defer loops.Done()
-			poll(workCtx, w.worker, w.wake)
+			poll(workCtx, w.worker, w.wake, w.settle)
 		}()
 	}
 

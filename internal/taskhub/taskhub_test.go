@@ -1,0 +1,126 @@
+package taskhub_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/task"
+	"github.com/rs/zerolog"
+
+	"fanoutfanin/functions"
+	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/taskhub"
+)
+
+func hubConfig(file string) config.TaskHub {
+	return config.TaskHub{
+		Name:                        "test",
+		ConnectionSetting:           config.DefaultConnectionSetting,
+		EmbeddedFile:                file,
+		LockTimeout:                 30 * time.Second,
+		MaxConcurrentActivities:     config.DefaultConcurrency(),
+		MaxConcurrentOrchestrations: config.DefaultConcurrency(),
+	}
+}
+
+func registry(t testing.TB) *task.TaskRegistry {
+	t.Helper()
+	r := task.NewTaskRegistry()
+	if err := functions.Register(r, 0, 0, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestSchedulerIsNotAvailableYet(t *testing.T) {
+	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
+	cfg.ConnectionString = "Endpoint=https://s.westus.durabletask.io;Authentication=ManagedIdentity;ClientID=00000000-1111"
+	_, err := taskhub.Open(context.Background(), cfg, registry(t), zerolog.Nop())
+	if err == nil {
+		t.Fatal("Open with a scheduler connection string: got no error")
+	}
+	if msg := err.Error(); !strings.Contains(msg, config.DefaultConnectionSetting) || strings.Contains(msg, "durabletask.io") || strings.Contains(msg, "00000000-1111") {
+		t.Errorf("error should name the setting and not show its value: %q", msg)
+	}
+	if _, err := os.Stat(cfg.EmbeddedFile); !os.IsNotExist(err) {
+		t.Errorf("an embedded hub file was created: %v", err)
+	}
+}
+
+func TestUnwritableFolderIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "file")
+	os.WriteFile(blocker, nil, 0o644)
+	// A folder cannot be made under a plain file, whoever runs the test.
+	_, err := taskhub.Open(context.Background(), hubConfig(filepath.Join(blocker, "hub", "x.sqlite")), registry(t), zerolog.Nop())
+	if err == nil || !strings.Contains(err.Error(), config.SettingEmbeddedDir) {
+		t.Errorf("got %v, want an error that names %s", err, config.SettingEmbeddedDir)
+	}
+}
+
+func TestUnopenableFileIsAnErrorNotAPanic(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "x.sqlite")
+	os.Mkdir(file, 0o755) // a folder where the file should be
+	_, err := taskhub.Open(context.Background(), hubConfig(file), registry(t), zerolog.Nop())
+	if err == nil || !strings.Contains(err.Error(), "opening the embedded task hub") {
+		t.Errorf("got %v, want an error opening the hub", err)
+	}
+}
+
+// State lives in the file: a hub opened again on it sees earlier instances.
+func TestInstancesSurviveReopening(t *testing.T) {
+	ctx := context.Background()
+	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
+	hub, err := taskhub.Open(ctx, cfg, registry(t), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := hub.Client.ScheduleNewOrchestration(ctx, functions.OrchestratorName, api.WithInput([]string{"a"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitComplete(t, hub.Client, id)
+	if err := hub.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	hub, err = taskhub.Open(ctx, cfg, registry(t), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(ctx)
+	md, err := hub.Client.FetchOrchestrationMetadata(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := md.RuntimeStatus, api.RUNTIME_STATUS_COMPLETED; got != want {
+		t.Errorf("after reopening: got %v, want %v", got, want)
+	}
+}
+
+func waitComplete(t testing.TB, c taskhub.Client, id api.InstanceID) *api.OrchestrationMetadata {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		md, err := c.FetchOrchestrationMetadata(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if md.IsComplete() {
+			if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+				t.Fatalf("instance %s: %v: %v", id, md.RuntimeStatus, md.FailureDetails)
+			}
+			return md
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("instance %s not complete after 5 minutes", id)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
