@@ -65,6 +65,22 @@ func waitFor(t *testing.T, c taskhub.Client, id api.InstanceID, done func(*api.O
 	}
 }
 
+// registryWith registers the real orchestrator and aggregate_results, with
+// process standing in for process_work_item.
+func registryWith(process func(item string) (functions.ItemResult, error)) *task.TaskRegistry {
+	r := task.NewTaskRegistry()
+	r.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
+	r.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
+	r.AddActivityN(functions.ProcessWorkItemName, func(ctx task.ActivityContext) (any, error) {
+		var item string
+		if err := ctx.GetInput(&item); err != nil {
+			return nil, err
+		}
+		return process(item)
+	})
+	return r
+}
+
 func complete(md *api.OrchestrationMetadata) bool { return md.IsComplete() }
 
 func start(t *testing.T, c taskhub.Client, items []string) api.InstanceID {
@@ -137,20 +153,12 @@ func TestFanOutFanIn(t *testing.T) {
 // the first item holds out while the rest finish.
 func TestProgressCountsItemsInTheOrderTheyFinish(t *testing.T) {
 	release := make(chan struct{})
-	r := task.NewTaskRegistry()
-	r.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
-	r.AddActivityN(functions.ProcessWorkItemName, func(ctx task.ActivityContext) (any, error) {
-		var item string
-		if err := ctx.GetInput(&item); err != nil {
-			return nil, err
-		}
+	hub := openHub(t, registryWith(func(item string) (functions.ItemResult, error) {
 		if item == "slow" {
 			<-release
 		}
 		return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: 10}, nil
-	})
-	r.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
-	hub := openHub(t, r)
+	}))
 
 	id := start(t, hub, []string{"slow", "a", "b", "c"})
 	md := waitFor(t, hub, id, func(md *api.OrchestrationMetadata) bool {
@@ -181,20 +189,12 @@ func TestProgressCountsItemsInTheOrderTheyFinish(t *testing.T) {
 }
 
 func TestFailedWorkItemFailsTheOrchestration(t *testing.T) {
-	r := task.NewTaskRegistry()
-	r.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
-	r.AddActivityN(functions.ProcessWorkItemName, func(ctx task.ActivityContext) (any, error) {
-		var item string
-		if err := ctx.GetInput(&item); err != nil {
-			return nil, err
-		}
+	hub := openHub(t, registryWith(func(item string) (functions.ItemResult, error) {
 		if item == "bad" {
-			return nil, errors.New("the bad item cannot be processed")
+			return functions.ItemResult{}, errors.New("the bad item cannot be processed")
 		}
 		return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: 1}, nil
-	})
-	r.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
-	hub := openHub(t, r)
+	}))
 
 	md := waitFor(t, hub, start(t, hub, []string{"good", "bad"}), complete)
 	if got, want := md.RuntimeStatus, api.RUNTIME_STATUS_FAILED; got != want {
