@@ -192,6 +192,19 @@ func (p *handlerProcess) waitReady(t *testing.T) {
 	t.Fatal("handler not listening after 30 s")
 }
 
+// waitExit waits for the handler to exit and returns how it did.
+func (p *handlerProcess) waitExit(t *testing.T, within time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-p.exited:
+		p.exited <- err // for the cleanup
+		return err
+	case <-time.After(within):
+		t.Fatalf("handler still running after %s", within)
+		return nil
+	}
+}
+
 func (p *handlerProcess) url(path string) string {
 	return fmt.Sprintf("http://127.0.0.1:%d%s", p.port, path)
 }
@@ -384,14 +397,49 @@ func TestForwardingMode(t *testing.T) {
 
 	// The host stops the handler with SIGTERM; it stops promptly and cleanly.
 	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-p.exited:
-		p.exited <- err // for the cleanup
-		if err != nil {
-			t.Errorf("exit after SIGTERM: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Error("handler still running 15 s after SIGTERM")
+	if err := p.waitExit(t, 15*time.Second); err != nil {
+		t.Errorf("exit after SIGTERM: %v", err)
+	}
+}
+
+// Stopped with SIGTERM mid-fan-out, the handler lets the items in flight
+// finish and leaves nothing locked, so the next start carries on at once
+// rather than after the lock timeout.
+func TestSIGTERMLeavesNothingLocked(t *testing.T) {
+	root := newAppRoot(t, nil)
+	settings := embedded(t, root, "FANOUT_WORK_MIN_DELAY", "800ms", "FANOUT_WORK_MAX_DELAY", "800ms")
+	p := startHandler(t, root, settings)
+	p.waitReady(t)
+	_, _, body := p.forward(t, "POST", "/api/fan_out_fan_in", `{"workItems": ["a", "b", "c"]}`)
+	id := body["id"].(string)
+	pollStatus(t, p, id, "Running")
+	time.Sleep(200 * time.Millisecond) // the items are being worked on
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.waitExit(t, 15*time.Second); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(root, "data", "default.sqlite"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lockedTasks, lockedInstances int
+	db.QueryRow("SELECT COUNT(*) FROM NewTasks WHERE LockExpiration IS NOT NULL").Scan(&lockedTasks)
+	db.QueryRow("SELECT COUNT(*) FROM Instances WHERE LockExpiration IS NOT NULL").Scan(&lockedInstances)
+	db.Close()
+	if lockedTasks != 0 || lockedInstances != 0 {
+		t.Errorf("after SIGTERM: %d work items and %d instances still locked", lockedTasks, lockedInstances)
+	}
+	if done := completedItems(t, filepath.Join(root, "data", "default.sqlite"), id); len(done) != 3 {
+		t.Errorf("items in flight at SIGTERM that finished and were recorded: %d, want 3", len(done))
+	}
+
+	again := startHandler(t, root, settings) // lock timeout 30 s
+	again.waitReady(t)
+	start := time.Now()
+	pollStatus(t, again, id, "Completed")
+	if elapsed := time.Since(start); elapsed > 10*time.Second {
+		t.Errorf("took %s to finish after the restart", elapsed)
 	}
 }
 
@@ -472,14 +520,8 @@ func TestSchedulerConnectionStringIsAClearStartupError(t *testing.T) {
 	settings := localSettings(t)
 	settings["DURABLE_TASK_SCHEDULER_CONNECTION_STRING"] = "Endpoint=https://x.durabletask.io;Authentication=ManagedIdentity;ClientID=secret-client-id"
 	p := startHandler(t, root, settings)
-	select {
-	case err := <-p.exited:
-		p.exited <- err
-		if err == nil {
-			t.Fatal("handler exited 0")
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("handler still running")
+	if err := p.waitExit(t, 15*time.Second); err == nil {
+		t.Fatal("handler exited 0")
 	}
 	stderr := p.stderr.String()
 	if !strings.Contains(stderr, "DURABLE_TASK_SCHEDULER_CONNECTION_STRING") || !strings.Contains(stderr, "embedded task hub") {
@@ -495,10 +537,9 @@ func TestBadHostJSONIsAClearStartupError(t *testing.T) {
 		h["extensions"].(map[string]any)["durableTask"].(map[string]any)["maxConcurrentActivityFunctions"] = "many"
 	})
 	p := startHandler(t, root, embedded(t, root))
-	if err := <-p.exited; err == nil {
+	if err := p.waitExit(t, 15*time.Second); err == nil {
 		t.Fatal("handler exited 0")
 	}
-	p.exited <- nil
 	if got := p.stderr.String(); !strings.Contains(got, "maxConcurrentActivityFunctions") {
 		t.Errorf("stderr does not name the bad setting: %s", got)
 	}
@@ -538,8 +579,7 @@ func TestKill9MidFanOutResumes(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	first.cmd.Process.Signal(syscall.SIGKILL)
-	<-first.exited
-	first.exited <- nil
+	first.waitExit(t, 15*time.Second)
 
 	done := completedItems(t, filepath.Join(root, "data", "default.sqlite"), id)
 	if len(done) < 8 || len(done) >= len(items) {

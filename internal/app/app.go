@@ -36,6 +36,15 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	logOut := logging.Writer(stdout, cfg.LogFormat)
 	log := logging.New(logOut, cfg.LogLevel)
 
+	// Loopback only: the Functions host always calls 127.0.0.1, and a port
+	// reachable from elsewhere would bypass the host's function keys.
+	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Port)))
+	if err != nil {
+		return fmt.Errorf("listening on port %d (set %s to use another): %w", cfg.Port, config.SettingPort, err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+
 	a, err := Open(ctx, cfg, log, logOut)
 	if err != nil {
 		return err
@@ -48,11 +57,6 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		}
 	}()
 
-	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
-	if err != nil {
-		return fmt.Errorf("listening on port %d (set %s to use another): %w", cfg.Port, config.SettingPort, err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
 	srv := &http.Server{Handler: a.Handler, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

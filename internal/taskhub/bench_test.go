@@ -48,7 +48,7 @@ func runFanOuts(b *testing.B, c taskhub.Client, items int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		waitComplete(b, c, id)
+		waitComplete(b, c, id, 5*time.Minute)
 	}
 	b.ReportMetric(float64(items*b.N)/time.Since(start).Seconds(), "items/s")
 }

@@ -35,19 +35,21 @@ func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRe
 	opts := sqlite.NewSqliteOptions(embeddedDSN(cfg.EmbeddedFile))
 	opts.OrchestrationLockTimeout = cfg.LockTimeout
 	opts.ActivityLockTimeout = cfg.LockTimeout
+	// Polling stops first at shutdown; the work in flight has until the
+	// grace period ends (see hubBackend).
+	pollCtx, stopPolling := context.WithCancel(context.WithoutCancel(ctx))
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	wake := newWakeups()
-	be := notifyingBackend{Backend: sqlite.NewSqliteBackend(opts, dtLog), wake: wake}
+	be := hubBackend{Backend: sqlite.NewSqliteBackend(opts, dtLog), wake: wake, work: workCtx}
 	if err := createTaskHub(ctx, be); err != nil {
+		stopPolling()
+		stopWork()
 		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
 	}
 
-	exec := withInstanceLogger{Executor: task.NewTaskExecutor(registry), log: log}
+	exec := hubExecutor{Executor: task.NewTaskExecutor(registry), log: log, work: workCtx}
 	orchestrations := backend.NewOrchestrationWorker(be, exec, dtLog, backend.WithMaxParallelism(int32(cfg.MaxConcurrentOrchestrations)))
 	activities := backend.NewActivityTaskWorker(be, exec, dtLog, backend.WithMaxParallelism(int32(cfg.MaxConcurrentActivities)))
-
-	// The workers outlive the caller's context: Close stops them, letting work
-	// in flight finish or be abandoned cleanly.
-	workCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	var loops sync.WaitGroup
 	for _, w := range []struct {
 		worker backend.TaskWorker
@@ -57,7 +59,7 @@ func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRe
 		loops.Add(1)
 		go func() {
 			defer loops.Done()
-			poll(workCtx, w.worker, w.wake, w.settle)
+			poll(pollCtx, w.worker, w.wake, w.settle)
 		}()
 	}
 
@@ -68,19 +70,23 @@ func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRe
 		Msg("task hub open")
 
 	closeHub := func(ctx context.Context) error {
-		stop()
-		loops.Wait()
+		stopPolling()
+		loops.Wait() // no new items from here on
 		drained := make(chan struct{})
 		go func() {
 			orchestrations.StopAndDrain()
 			activities.StopAndDrain()
 			close(drained)
 		}()
+		defer stopWork()
 		select {
 		case <-drained:
 			return nil
 		case <-ctx.Done():
-			return fmt.Errorf("work still in flight when closing the task hub: %w", ctx.Err())
+			// Cancel what is still running; the workers hand it back.
+			stopWork()
+			<-drained
+			return fmt.Errorf("work still running when the shutdown grace period ended was handed back: %w", ctx.Err())
 		}
 	}
 	return &Hub{Client: embeddedClient{backend.NewTaskHubClient(be)}, close: closeHub}, nil

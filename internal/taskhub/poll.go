@@ -41,35 +41,57 @@ func signal(c chan struct{}) {
 	}
 }
 
-// notifyingBackend wakes the worker that has new work after each write that
-// makes some.
-type notifyingBackend struct {
+// hubBackend wraps the SQLite backend for two reasons. It wakes the worker
+// that has new work after each write that makes some. And it separates the
+// work on an item from the fetching of it: durabletask-go processes an item
+// with the context it was fetched with, so stopping the poll loops would also
+// cancel the items in flight before they could be completed or handed back.
+// Their database calls run under work instead, which is cancelled only when
+// the shutdown grace period is over; handing an item back is never cancelled.
+type hubBackend struct {
 	backend.Backend
 	wake wakeups
+	work context.Context
 }
 
-func (b notifyingBackend) CreateOrchestrationInstance(ctx context.Context, e *backend.HistoryEvent, opts ...backend.OrchestrationIdReusePolicyOptions) error {
+func (b hubBackend) CreateOrchestrationInstance(ctx context.Context, e *backend.HistoryEvent, opts ...backend.OrchestrationIdReusePolicyOptions) error {
 	err := b.Backend.CreateOrchestrationInstance(ctx, e, opts...)
 	signal(b.wake.orchestrations)
 	return err
 }
 
-func (b notifyingBackend) AddNewOrchestrationEvent(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) error {
+func (b hubBackend) AddNewOrchestrationEvent(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) error {
 	err := b.Backend.AddNewOrchestrationEvent(ctx, id, e)
 	signal(b.wake.orchestrations)
 	return err
 }
 
-func (b notifyingBackend) CompleteOrchestrationWorkItem(ctx context.Context, wi *backend.OrchestrationWorkItem) error {
-	err := b.Backend.CompleteOrchestrationWorkItem(ctx, wi)
+func (b hubBackend) GetOrchestrationRuntimeState(_ context.Context, wi *backend.OrchestrationWorkItem) (*backend.OrchestrationRuntimeState, error) {
+	return b.Backend.GetOrchestrationRuntimeState(b.work, wi)
+}
+
+func (b hubBackend) CompleteOrchestrationWorkItem(_ context.Context, wi *backend.OrchestrationWorkItem) error {
+	err := b.Backend.CompleteOrchestrationWorkItem(b.work, wi)
 	signal(b.wake.activities)
 	signal(b.wake.orchestrations)
 	return err
 }
 
-func (b notifyingBackend) CompleteActivityWorkItem(ctx context.Context, wi *backend.ActivityWorkItem) error {
-	err := b.Backend.CompleteActivityWorkItem(ctx, wi)
+func (b hubBackend) AbandonOrchestrationWorkItem(ctx context.Context, wi *backend.OrchestrationWorkItem) error {
+	err := b.Backend.AbandonOrchestrationWorkItem(context.WithoutCancel(ctx), wi)
 	signal(b.wake.orchestrations)
+	return err
+}
+
+func (b hubBackend) CompleteActivityWorkItem(_ context.Context, wi *backend.ActivityWorkItem) error {
+	err := b.Backend.CompleteActivityWorkItem(b.work, wi)
+	signal(b.wake.orchestrations)
+	return err
+}
+
+func (b hubBackend) AbandonActivityWorkItem(ctx context.Context, wi *backend.ActivityWorkItem) error {
+	err := b.Backend.AbandonActivityWorkItem(context.WithoutCancel(ctx), wi)
+	signal(b.wake.activities)
 	return err
 }
 
@@ -80,38 +102,31 @@ func poll(ctx context.Context, w backend.TaskWorker, wake <-chan struct{}, settl
 	idle := minPollInterval
 	for {
 		found, err := w.ProcessNext(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		wait := idle
 		switch {
+		case ctx.Err() != nil:
+			return
 		case found:
 			idle = minPollInterval
 			continue
 		case err != nil:
-			// ProcessNext has logged it; back off so a broken store is not hammered.
-			wait = errorBackoff
-		default:
-			idle = min(2*idle, maxPollInterval)
+			// ProcessNext has logged it; back off, wake-ups or not, so a
+			// broken store is not hammered.
+			sleep(ctx, errorBackoff)
+			continue
 		}
-		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return
 		case <-wake:
 			idle = minPollInterval
 			sleep(ctx, settle)
-		case <-t.C:
+		case <-time.After(idle):
+			idle = min(2*idle, maxPollInterval)
 		}
-		t.Stop()
 	}
 }
 
 func sleep(ctx context.Context, d time.Duration) {
-	if d <= 0 {
-		return
-	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

@@ -42,15 +42,26 @@ func Open(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, 
 	return openEmbedded(ctx, cfg, registry, log)
 }
 
-// withInstanceLogger gives every activity a logger, in its context, that
-// carries the orchestration's instance id: activities see no instance id
-// otherwise.
-type withInstanceLogger struct {
+// hubExecutor runs activities under the hub's work context (see hubBackend),
+// with a logger in their context that carries the orchestration's instance
+// id: activities see no instance id otherwise.
+type hubExecutor struct {
 	backend.Executor
-	log zerolog.Logger
+	log  zerolog.Logger
+	work context.Context
 }
 
-func (x withInstanceLogger) ExecuteActivity(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) (*backend.HistoryEvent, error) {
+func (x hubExecutor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) (*backend.HistoryEvent, error) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(x.work, cancel)
+	defer stop()
 	log := x.log.With().Str("instanceId", string(id)).Str("activity", e.GetTaskScheduled().GetName()).Logger()
-	return x.Executor.ExecuteActivity(log.WithContext(ctx), id, e)
+	result, err := x.Executor.ExecuteActivity(log.WithContext(ctx), id, e)
+	if ctx.Err() != nil {
+		// Stopped by shutdown: an error, so the item is handed back rather
+		// than its cancellation recorded as the item's failure.
+		return nil, fmt.Errorf("activity stopped by shutdown: %w", ctx.Err())
+	}
+	return result, err
 }

@@ -85,7 +85,7 @@ func TestInstancesSurviveReopening(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitComplete(t, hub.Client, id)
+	waitComplete(t, hub.Client, id, 20*time.Second)
 	if err := hub.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -104,9 +104,9 @@ func TestInstancesSurviveReopening(t *testing.T) {
 	}
 }
 
-func waitComplete(t testing.TB, c taskhub.Client, id api.InstanceID) *api.OrchestrationMetadata {
+func waitComplete(t testing.TB, c taskhub.Client, id api.InstanceID, within time.Duration) *api.OrchestrationMetadata {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Minute)
+	deadline := time.Now().Add(within)
 	for {
 		md, err := c.FetchOrchestrationMetadata(context.Background(), id)
 		if err != nil {
@@ -119,8 +119,98 @@ func waitComplete(t testing.TB, c taskhub.Client, id api.InstanceID) *api.Orches
 			return md
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("instance %s not complete after 5 minutes", id)
+			t.Fatalf("instance %s not complete after %s", id, within)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Work still running when the shutdown grace period ends is handed back:
+// unlocked at once, not recorded as failed, and done when the hub next runs.
+func TestCloseHandsBackUnfinishedWork(t *testing.T) {
+	ctx := context.Background()
+	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
+	cfg.LockTimeout = time.Hour // only handing back can release the item this test
+	started := make(chan struct{}, 1)
+	stuck := task.NewTaskRegistry()
+	stuck.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
+	stuck.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
+	stuck.AddActivityN(functions.ProcessWorkItemName, func(actx task.ActivityContext) (any, error) {
+		started <- struct{}{}
+		<-actx.Context().Done()
+		return nil, actx.Context().Err()
+	})
+	hub, err := taskhub.Open(ctx, cfg, stuck, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := hub.Client.ScheduleNewOrchestration(ctx, functions.OrchestratorName, api.WithInput([]string{"a"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	closeCtx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if err := hub.Close(closeCtx); err == nil || !strings.Contains(err.Error(), "handed back") {
+		t.Errorf("Close: got %v, want an error saying work was handed back", err)
+	}
+
+	hub, err = taskhub.Open(ctx, cfg, registry(t), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(ctx)
+	md := waitComplete(t, hub.Client, id, 20*time.Second) // the lock would hold it for an hour
+	if !strings.Contains(md.SerializedOutput, `"processed_items":["Processed_a"]`) {
+		t.Errorf("output: %s", md.SerializedOutput)
+	}
+}
+
+// Work that finishes within the grace period is recorded, not abandoned.
+func TestCloseLetsWorkInFlightFinish(t *testing.T) {
+	ctx := context.Background()
+	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
+	cfg.LockTimeout = time.Hour
+	started := make(chan struct{}, 3)
+	slow := task.NewTaskRegistry()
+	slow.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
+	slow.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
+	slow.AddActivityN(functions.ProcessWorkItemName, func(actx task.ActivityContext) (any, error) {
+		started <- struct{}{}
+		time.Sleep(300 * time.Millisecond)
+		var item string
+		actx.GetInput(&item)
+		return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: 7}, nil
+	})
+	hub, err := taskhub.Open(ctx, cfg, slow, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := hub.Client.ScheduleNewOrchestration(ctx, functions.OrchestratorName, api.WithInput([]string{"a", "b", "c"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		<-started
+	}
+	closeCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := hub.Close(closeCtx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	// A process that cannot run process_work_item at all finishes the
+	// orchestration: every item's result was recorded before Close returned.
+	noWork := task.NewTaskRegistry()
+	noWork.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
+	noWork.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
+	hub, err = taskhub.Open(ctx, cfg, noWork, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(ctx)
+	md := waitComplete(t, hub.Client, id, 20*time.Second)
+	if !strings.Contains(md.SerializedOutput, `"total_value":21`) {
+		t.Errorf("output: %s", md.SerializedOutput)
 	}
 }
