@@ -96,13 +96,20 @@ const (
 	// MaxWorkItems is both the default and the ceiling: the embedded SQLite
 	// backend fails to schedule much more than 10,900 activities in one step.
 	MaxWorkItems = 10000
+
+	// MaxConcurrency bounds the host.json concurrency limits; each unit is a
+	// goroutine that may hold a work item.
+	MaxConcurrency = 10000
 )
 
 // DefaultConcurrency is the default for both host.json limits: what Durable
 // Functions uses on Premium and Dedicated plans, 10 per processor.
 func DefaultConcurrency() int { return 10 * runtime.GOMAXPROCS(0) }
 
-var hubNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+var (
+	hubNamePattern     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+	routePrefixSegment = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+)
 
 // Load reads host.json from the app root (FUNCTIONS_APP_ROOT_PATH, else the
 // working directory) and the app settings through getenv. Every problem found
@@ -134,7 +141,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		Port:        p.int(SettingPort, DefaultPort, 0, 65535),
 		RoutePrefix: DefaultRoutePrefix,
 		LogFormat:   p.oneOf(SettingLogFormat, "json", "json", "console"),
-		LogLevel:    p.level(SettingLogLevel, zerolog.InfoLevel),
+		LogLevel:    p.level(SettingLogLevel),
 		Limits: Limits{
 			MaxWorkItems:  p.int(SettingMaxWorkItems, MaxWorkItems, 1, MaxWorkItems),
 			MaxItemLength: p.int(SettingMaxItemLength, DefaultMaxItemLength, 1, 1<<16),
@@ -150,6 +157,12 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	}
 	if prefix := host.Extensions.HTTP.RoutePrefix; prefix != nil {
 		cfg.RoutePrefix = strings.Trim(*prefix, "/")
+		for _, seg := range strings.Split(cfg.RoutePrefix, "/") {
+			if cfg.RoutePrefix != "" && !routePrefixSegment.MatchString(seg) {
+				p.fail("host.json extensions.http.routePrefix %q: use letters, digits, '-', '_' and '.' between slashes", *prefix)
+				break
+			}
+		}
 	}
 
 	dt := host.Extensions.DurableTask
@@ -165,9 +178,10 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 			p.fail("host.json extensions.durableTask.hubName is empty")
 		}
 		hub.Name = p.expandSettings("host.json extensions.durableTask.hubName", *dt.HubName)
-	}
-	if hub.Name != "" && !hubNamePattern.MatchString(hub.Name) {
-		p.fail("task hub name %q: use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit", hub.Name)
+		if hub.Name != "" && !hubNamePattern.MatchString(hub.Name) {
+			// Not the value: an app setting it came from may hold a secret.
+			p.fail("host.json extensions.durableTask.hubName %q does not give a valid task hub name: use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit", *dt.HubName)
+		}
 	}
 	if t := dt.StorageProvider.Type; t != "" && !strings.EqualFold(t, "azureManaged") {
 		p.fail("host.json extensions.durableTask.storageProvider.type is %q: this app runs on the Durable Task Scheduler (\"azureManaged\"), or on its embedded task hub when the connection string is empty", t)
@@ -177,10 +191,10 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	}
 	hub.ConnectionString = strings.TrimSpace(getenv(hub.ConnectionSetting))
 	if n := dt.MaxConcurrentActivityFunctions; n != nil {
-		hub.MaxConcurrentActivities = p.positive("host.json extensions.durableTask.maxConcurrentActivityFunctions", *n)
+		hub.MaxConcurrentActivities = p.limit("host.json extensions.durableTask.maxConcurrentActivityFunctions", *n)
 	}
 	if n := dt.MaxConcurrentOrchestratorFunctions; n != nil {
-		hub.MaxConcurrentOrchestrations = p.positive("host.json extensions.durableTask.maxConcurrentOrchestratorFunctions", *n)
+		hub.MaxConcurrentOrchestrations = p.limit("host.json extensions.durableTask.maxConcurrentOrchestratorFunctions", *n)
 	}
 	dir := getenv(SettingEmbeddedDir)
 	if dir == "" {
@@ -189,9 +203,10 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	if !filepath.IsAbs(dir) {
 		dir = filepath.Join(root, dir)
 	}
-	if hub.ConnectionString == "" && strings.ContainsAny(dir, "?#") {
-		// The path becomes part of a SQLite URI, where these start the query.
-		p.fail("%s %q: the path may not contain '?' or '#'", SettingEmbeddedDir, dir)
+	if hub.ConnectionString == "" && strings.ContainsAny(dir, "?#%") {
+		// The path becomes part of a SQLite URI, where '?' and '#' end the
+		// path and '%' starts an escape.
+		p.fail("%s %q: the path may not contain '?', '#' or '%%'", SettingEmbeddedDir, dir)
 	}
 	hub.EmbeddedFile = filepath.Join(dir, hub.Name+".sqlite")
 	if hub.LockTimeout < time.Second {
@@ -284,9 +299,9 @@ func (p *parser) int(name string, def, min, max int) int {
 	return n
 }
 
-func (p *parser) positive(what string, n int) int {
-	if n < 1 {
-		p.fail("%s is %d: it must be at least 1", what, n)
+func (p *parser) limit(what string, n int) int {
+	if n < 1 || n > MaxConcurrency {
+		p.fail("%s is %d: it must be from 1 to %d", what, n, MaxConcurrency)
 	}
 	return n
 }
@@ -318,16 +333,8 @@ func (p *parser) oneOf(name, def string, allowed ...string) string {
 	return def
 }
 
-func (p *parser) level(name string, def zerolog.Level) zerolog.Level {
-	s := strings.TrimSpace(p.getenv(name))
-	if s == "" {
-		return def
-	}
-	l, err := zerolog.ParseLevel(strings.ToLower(s))
-	if err != nil || l == zerolog.NoLevel {
-		p.fail("%s is %q: it must be one of trace, debug, info, warn, error", name, s)
-		return def
-	}
+func (p *parser) level(name string) zerolog.Level {
+	l, _ := zerolog.ParseLevel(p.oneOf(name, "info", "trace", "debug", "info", "warn", "error"))
 	return l
 }
 

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -112,8 +113,8 @@ func TestLoadDefaults(t *testing.T) {
 	if got, want := hub.MaxConcurrentOrchestrations, DefaultConcurrency(); got != want {
 		t.Errorf("TaskHub.MaxConcurrentOrchestrations: got %v, want %v", got, want)
 	}
-	if DefaultConcurrency() < 10 {
-		t.Errorf("DefaultConcurrency(): got %d, want at least 10", DefaultConcurrency())
+	if got, want := DefaultConcurrency(), 10*runtime.GOMAXPROCS(0); got != want {
+		t.Errorf("DefaultConcurrency(): got %d, want 10 per processor, %d", got, want)
 	}
 }
 
@@ -205,13 +206,19 @@ func TestLoadHubName(t *testing.T) {
 	for _, name := range []string{"../x", "a b", "-leading", strings.Repeat("h", 65)} {
 		t.Run("invalid "+name, func(t *testing.T) {
 			_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"hubName":"`+name+`"}}}`, nil)
-			wantErr(t, err, "task hub name", `"`+name+`"`)
+			wantErr(t, err, "valid task hub name", `"`+name+`"`)
 		})
 	}
+	// The error names where the name came from, never an app setting's
+	// value: a mistyped %SETTING% may name a secret.
 	t.Run("invalid after expansion", func(t *testing.T) {
-		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"hubName":"%TASKHUB_NAME%"}}}`,
-			map[string]string{"TASKHUB_NAME": "../x"})
-		wantErr(t, err, "task hub name", `"../x"`)
+		secret := "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=SECRETKEY=="
+		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"hubName":"%AzureWebJobsStorage%"}}}`,
+			map[string]string{"AzureWebJobsStorage": secret})
+		wantErr(t, err, "valid task hub name", `"%AzureWebJobsStorage%"`)
+		if strings.Contains(err.Error(), "SECRETKEY") {
+			t.Errorf("the error shows the setting's value: %v", err)
+		}
 	})
 	t.Run("empty", func(t *testing.T) {
 		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"hubName":""}}}`, nil)
@@ -232,6 +239,12 @@ func TestLoadRoutePrefix(t *testing.T) {
 			if got, want := cfg.RoutePrefix, tc.want; got != want {
 				t.Errorf("RoutePrefix for %q: got %q, want %q", tc.prefix, got, want)
 			}
+		})
+	}
+	for _, prefix := range []string{"{x}", "api//v1", "a b"} {
+		t.Run("invalid "+prefix, func(t *testing.T) {
+			_, _, err := load(t, `{"version":"2.0","extensions":{"http":{"routePrefix":"`+prefix+`"}}}`, nil)
+			wantErr(t, err, "routePrefix", `"`+prefix+`"`)
 		})
 	}
 }
@@ -319,10 +332,10 @@ func TestLoadEmbeddedDir(t *testing.T) {
 			t.Errorf("EmbeddedFile: got %q, want %q", got, want)
 		}
 	})
-	for _, dir := range []string{"state?mode=memory", "state#x"} {
+	for _, dir := range []string{"state?mode=memory", "state#x", "state%20x"} {
 		t.Run("rejects "+dir, func(t *testing.T) {
 			_, _, err := load(t, minimalHostJSON, map[string]string{SettingEmbeddedDir: dir})
-			wantErr(t, err, SettingEmbeddedDir, dir, "may not contain '?' or '#'")
+			wantErr(t, err, SettingEmbeddedDir, dir, "may not contain '?', '#' or '%'")
 		})
 	}
 }
@@ -370,11 +383,16 @@ func TestLoadHostJSONErrors(t *testing.T) {
 	})
 	t.Run("maxConcurrentOrchestratorFunctions zero", func(t *testing.T) {
 		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"maxConcurrentOrchestratorFunctions":0}}}`, nil)
-		wantErr(t, err, "maxConcurrentOrchestratorFunctions is 0", "at least 1")
+		wantErr(t, err, "maxConcurrentOrchestratorFunctions is 0", "from 1 to 10000")
 	})
 	t.Run("maxConcurrentActivityFunctions negative", func(t *testing.T) {
 		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"maxConcurrentActivityFunctions":-2}}}`, nil)
-		wantErr(t, err, "maxConcurrentActivityFunctions is -2", "at least 1")
+		wantErr(t, err, "maxConcurrentActivityFunctions is -2", "from 1 to 10000")
+	})
+	// Past int32, the value would wrap when handed to the worker.
+	t.Run("maxConcurrentActivityFunctions huge", func(t *testing.T) {
+		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"maxConcurrentActivityFunctions":3000000000}}}`, nil)
+		wantErr(t, err, "maxConcurrentActivityFunctions is 3000000000", "from 1 to 10000")
 	})
 	t.Run("storage provider AzureStorage", func(t *testing.T) {
 		_, _, err := load(t, `{"version":"2.0","extensions":{"durableTask":{"storageProvider":{"type":"AzureStorage"}}}}`, nil)
@@ -410,6 +428,8 @@ func TestLoadSettingErrors(t *testing.T) {
 			[]string{SettingLockTimeout, "at least 1s"}},
 		{"log format xml", map[string]string{SettingLogFormat: "xml"},
 			[]string{SettingLogFormat, `"xml"`, "json, console"}},
+		{"log level fatal", map[string]string{SettingLogLevel: "fatal"},
+			[]string{SettingLogLevel, `"fatal"`, "trace, debug, info, warn, error"}},
 		{"log level loud", map[string]string{SettingLogLevel: "loud"},
 			[]string{SettingLogLevel, `"loud"`, "trace, debug, info, warn, error"}},
 		{"port out of range", map[string]string{SettingPort: "70000"},
