@@ -81,12 +81,9 @@ func StartFanOut(hub taskhub.Client, limits config.Limits, statusURL StatusURL) 
 // readWorkItems reads {"workItems": [...]} from the body; an empty body, {}
 // or a null list means DefaultWorkItems.
 func readWorkItems(w http.ResponseWriter, r *http.Request, limits config.Limits) ([]string, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limits.MaxBodyBytes))
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
-		return nil, httpjson.Errorf(http.StatusRequestEntityTooLarge, "request body is larger than %d bytes", limits.MaxBodyBytes)
-	} else if err != nil {
-		return nil, httpjson.Errorf(http.StatusBadRequest, "reading the request body: %v", err)
+	body, err := httpjson.ReadBody(w, r, limits.MaxBodyBytes, "request body")
+	if err != nil {
+		return nil, err
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
 		return DefaultWorkItems, nil

@@ -4,8 +4,6 @@
 package config
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -17,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"fanoutfanin/internal/jsonfile"
 )
 
 // Config is the validated configuration of one handler process.
@@ -251,29 +251,7 @@ func readHostJSON(path string) (hostJSON, error) {
 	} else if err != nil {
 		return h, fmt.Errorf("reading host.json: %w", err)
 	}
-	if err := json.Unmarshal(data, &h); err != nil {
-		var syntax *json.SyntaxError
-		var typ *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &syntax):
-			line := 1 + bytes.Count(data[:syntax.Offset], []byte("\n"))
-			return h, fmt.Errorf("host.json line %d: %v", line, syntax)
-		case errors.As(err, &typ):
-			return h, fmt.Errorf("host.json: %s must be a %s, not a JSON %s", typ.Field, jsonKind(typ.Type.Kind().String()), typ.Value)
-		}
-		return h, fmt.Errorf("host.json: %w", err)
-	}
-	return h, nil
-}
-
-func jsonKind(goKind string) string {
-	switch goKind {
-	case "int":
-		return "whole number"
-	case "struct":
-		return "JSON object"
-	}
-	return goKind
+	return h, jsonfile.Decode("host.json", data, &h)
 }
 
 // parser reads app settings, collecting every error instead of stopping at one.

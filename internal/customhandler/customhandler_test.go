@@ -770,6 +770,26 @@ func TestPayloadModeBodies(t *testing.T) {
 	}
 }
 
+// The host base64-encodes binary bodies; header names arrive as the caller
+// wrote them.
+func TestPayloadModeBase64Bodies(t *testing.T) {
+	url, _ := testServer(t)
+	for _, ct := range []string{"application/octet-stream", "multipart/form-data; boundary=x"} {
+		t.Run(ct, func(t *testing.T) {
+			payload := strings.Replace(hostInvocation("POST", "http://localhost:7071/api/start", `{}`, `"eyJ3b3JrSXRlbXMiOiBbImEiXX0="`),
+				`"Accept": ["*/*"]`, `"content-type": ["`+ct+`"]`, 1)
+			_, out := invoke(t, url, "start", payload, nil)
+			if got, want := decodeEcho(t, []byte(out.Body)).Body, `{"workItems": ["a"]}`; got != want {
+				t.Errorf("body the function saw: got %q, want %q", got, want)
+			}
+		})
+	}
+	payload := strings.Replace(hostInvocation("POST", "http://localhost:7071/api/start", `{}`, `"not base64!"`),
+		`"Accept": ["*/*"]`, `"Content-Type": ["application/octet-stream"]`, 1)
+	res := do(t, "POST", url+"/start", nil, payload)
+	wantErrorResponse(t, res, http.StatusBadRequest, "Data.req.Body")
+}
+
 func TestPayloadModeFunctionErrorsStayInside(t *testing.T) {
 	url, _ := testServer(t)
 

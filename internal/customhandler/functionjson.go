@@ -5,8 +5,6 @@
 package customhandler
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -16,6 +14,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"fanoutfanin/internal/jsonfile"
 )
 
 // Function is one HTTP function as its function.json declares it.
@@ -95,12 +95,8 @@ func loadFunction(path string) (Function, error) {
 		return Function{}, err
 	}
 	var fj functionJSON
-	if err := json.Unmarshal(data, &fj); err != nil {
-		var syntax *json.SyntaxError
-		if errors.As(err, &syntax) {
-			return Function{}, fmt.Errorf("%s line %d: %v", where, 1+bytes.Count(data[:syntax.Offset], []byte("\n")), syntax)
-		}
-		return Function{}, fmt.Errorf("%s: %w", where, err)
+	if err := jsonfile.Decode(where, data, &fj); err != nil {
+		return Function{}, err
 	}
 
 	fn := Function{Name: name}

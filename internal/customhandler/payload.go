@@ -2,9 +2,8 @@ package customhandler
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
-	"errors"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -77,12 +76,9 @@ func payload(fn Function, h http.Handler, opts Options) http.Handler {
 
 // readInvocation decodes the payload and rebuilds the HTTP request in it.
 func readInvocation(w http.ResponseWriter, r *http.Request, fn Function, limit int64) (*http.Request, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
-		return nil, httpjson.Errorf(http.StatusRequestEntityTooLarge, "invocation payload is larger than %d bytes", limit)
-	} else if err != nil {
-		return nil, httpjson.Errorf(http.StatusBadRequest, "reading the invocation payload: %v", err)
+	body, err := httpjson.ReadBody(w, r, limit, "invocation payload")
+	if err != nil {
+		return nil, err
 	}
 	var inv invocation
 	if err := json.Unmarshal(body, &inv); err != nil {
@@ -103,7 +99,13 @@ func readInvocation(w http.ResponseWriter, r *http.Request, fn Function, limit i
 	if d.Method == "" || strings.ContainsAny(d.Method, " \t\r\n") {
 		return nil, httpjson.Errorf(http.StatusBadRequest, "invocation payload's Data.%s.Method %q is not an HTTP method", fn.Trigger, d.Method)
 	}
-	reqBody, err := rawBody(d.Body)
+	header := http.Header{}
+	for name, values := range d.Headers {
+		for _, v := range values {
+			header.Add(name, v) // canonicalizes the name
+		}
+	}
+	reqBody, err := rawBody(d.Body, header.Get("Content-Type"))
 	if err != nil {
 		return nil, httpjson.Errorf(http.StatusBadRequest, "invocation payload's Data.%s.Body: %v", fn.Trigger, err)
 	}
@@ -112,16 +114,14 @@ func readInvocation(w http.ResponseWriter, r *http.Request, fn Function, limit i
 	if err != nil {
 		return nil, httpjson.Errorf(http.StatusBadRequest, "invocation payload's Data.%s: %v", fn.Trigger, err)
 	}
-	for name, values := range d.Headers {
-		for _, v := range values {
-			req.Header.Add(name, v)
-		}
-	}
+	req.Header = header
 	req.RemoteAddr = r.RemoteAddr
 	return mux.SetURLVars(req, d.Params), nil
 }
 
-func rawBody(b json.RawMessage) ([]byte, error) {
+// rawBody returns the request body an invocation carries. The host sends it
+// as a string, base64-encoded for binary content types.
+func rawBody(b json.RawMessage, contentType string) ([]byte, error) {
 	if len(b) == 0 || string(b) == "null" {
 		return nil, nil
 	}
@@ -131,6 +131,9 @@ func rawBody(b json.RawMessage) ([]byte, error) {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, err
+	}
+	if ct := strings.ToLower(contentType); strings.HasPrefix(ct, "application/octet-stream") || strings.HasPrefix(ct, "multipart/") {
+		return base64.StdEncoding.DecodeString(s)
 	}
 	return []byte(s), nil
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/rs/zerolog"
@@ -22,6 +23,19 @@ func (e *Error) Error() string { return e.Message }
 // Errorf returns an *Error with the given HTTP status.
 func Errorf(status int, format string, args ...any) error {
 	return &Error{Status: status, Message: fmt.Sprintf(format, args...)}
+}
+
+// ReadBody reads r's body, at most limit bytes of it. what names the body in
+// errors: a larger body is a 413, an unreadable one a 400.
+func ReadBody(w http.ResponseWriter, r *http.Request, limit int64, what string) ([]byte, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return nil, Errorf(http.StatusRequestEntityTooLarge, "%s is larger than %d bytes", what, limit)
+	} else if err != nil {
+		return nil, Errorf(http.StatusBadRequest, "reading the %s: %v", what, err)
+	}
+	return body, nil
 }
 
 // Write encodes v as the JSON response body with the given status.
