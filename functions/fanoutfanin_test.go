@@ -2,6 +2,7 @@ package functions_test
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/backend"
 	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
 
@@ -25,9 +27,14 @@ import (
 // openHub runs the real engine on an embedded hub in a temporary file.
 func openHub(t *testing.T, registry *task.TaskRegistry) taskhub.Client {
 	t.Helper()
+	return openHubFile(t, registry, filepath.Join(t.TempDir(), "test.sqlite"))
+}
+
+func openHubFile(t *testing.T, registry *task.TaskRegistry, file string) taskhub.Client {
+	t.Helper()
 	cfg := config.TaskHub{
 		Name:                        "test",
-		EmbeddedFile:                filepath.Join(t.TempDir(), "test.sqlite"),
+		EmbeddedFile:                file,
 		LockTimeout:                 30 * time.Second,
 		MaxConcurrentActivities:     8,
 		MaxConcurrentOrchestrations: 4,
@@ -295,4 +302,110 @@ func TestProcessWorkItemStopsWhenTheWorkerStops(t *testing.T) {
 	if _, err := functions.ProcessWorkItem(time.Hour, time.Hour)(activityInput{ctx, "Task1"}); !errors.Is(err, context.Canceled) {
 		t.Errorf("got %v, want context.Canceled", err)
 	}
+}
+
+// Replaying the recorded history must make the orchestrator ask, at every
+// step, for exactly what it asked for when the step first ran: the same
+// activities with the same inputs, then the same result. durabletask-go
+// matches replayed tasks to history by id alone, so this is what catches an
+// orchestrator that is not deterministic.
+func TestReplayIsDeterministic(t *testing.T) {
+	r := task.NewTaskRegistry()
+	if err := functions.Register(r, 0, 5*time.Millisecond, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "replay.sqlite")
+	hub := openHubFile(t, r, file)
+	items := make([]string, 30)
+	for i := range items {
+		items[i] = fmt.Sprintf("Task%d", i+1)
+	}
+	id := start(t, hub, items)
+	if md := waitFor(t, hub, id, complete); md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+		t.Fatalf("status: %v", md.RuntimeStatus)
+	}
+
+	// Each step starts with OrchestratorStarted and its new events, followed
+	// by what the orchestrator asked for: TaskScheduled or ExecutionCompleted.
+	history := readHistory(t, file, id)
+	steps := 0
+	for i := 0; i < len(history); {
+		j := i + 1
+		for j < len(history) && history[j].GetOrchestratorStarted() == nil {
+			j++
+		}
+		inputs := i
+		for inputs < j && history[inputs].GetTaskScheduled() == nil && history[inputs].GetExecutionCompleted() == nil {
+			inputs++
+		}
+		var want []string
+		for _, e := range history[inputs:j] {
+			want = append(want, describe(e))
+		}
+		res, err := task.NewTaskExecutor(r).ExecuteOrchestrator(context.Background(), id, history[:inputs], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, a := range res.Response.GetActions() {
+			switch st, co := a.GetScheduleTask(), a.GetCompleteOrchestration(); {
+			case st != nil:
+				got = append(got, fmt.Sprintf("%d schedule %s(%s)", a.GetId(), st.GetName(), st.GetInput().GetValue()))
+			case co != nil:
+				got = append(got, fmt.Sprintf("complete %v %s", co.GetOrchestrationStatus(), co.GetResult().GetValue()))
+			default:
+				got = append(got, fmt.Sprint(a))
+			}
+		}
+		slices.Sort(got) // actions come from a map
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("step %d replayed differently:\n got %q\nwant %q", steps, got, want)
+		}
+		steps++
+		i = j
+	}
+	if steps < 3 {
+		t.Errorf("only %d steps recorded; the fan-out, fan-in and completion take at least 3", steps)
+	}
+}
+
+// describe renders a recorded event as the replayed actions are rendered.
+func describe(e *backend.HistoryEvent) string {
+	if ts := e.GetTaskScheduled(); ts != nil {
+		return fmt.Sprintf("%d schedule %s(%s)", e.GetEventId(), ts.GetName(), ts.GetInput().GetValue())
+	}
+	ec := e.GetExecutionCompleted()
+	return fmt.Sprintf("complete %v %s", ec.GetOrchestrationStatus(), ec.GetResult().GetValue())
+}
+
+// readHistory reads an instance's recorded history from the hub's file.
+func readHistory(t *testing.T, file string, id api.InstanceID) []*backend.HistoryEvent {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.Query("SELECT EventPayload FROM History WHERE InstanceID = ? ORDER BY SequenceNumber", string(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var history []*backend.HistoryEvent
+	for rows.Next() {
+		var payload []byte
+		if err := rows.Scan(&payload); err != nil {
+			t.Fatal(err)
+		}
+		e, err := backend.UnmarshalHistoryEvent(payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		history = append(history, e)
+	}
+	if len(history) == 0 {
+		t.Fatal("no history recorded")
+	}
+	return history
 }
