@@ -114,9 +114,12 @@ func Orchestrator(log zerolog.Logger) task.Orchestrator {
 // finished reports whether t has completed or failed. durabletask-go v0.6.0
 // has no such query, so it awaits t: a finished task returns at once; an
 // unfinished one first replays every remaining history event (as the next
-// Await would) and then signals "blocked" with task.ErrTaskBlocked, which is
-// caught here. Nothing else is caught: the orchestrator's own Await still
-// blocks it the usual way.
+// Await would) and then signals "blocked" by panicking with
+// task.ErrTaskBlocked, which is caught here. Nothing else is caught, and the
+// orchestrator's own Await still blocks it the usual way. This leans on how
+// v0.6.0 (pinned in go.mod) works, which its own executor checks the same way
+// (start() compares the panic value with ErrTaskBlocked); TestReplayIsDeterministic
+// and TestProgressCountsItemsInTheOrderTheyFinish check it on every upgrade.
 func finished(t task.Task) (done bool) {
 	defer func() {
 		if p := recover(); p != nil {
