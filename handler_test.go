@@ -23,8 +23,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/microsoft/durabletask-go/backend"
 	_ "modernc.org/sqlite"
+
+	"fanoutfanin/internal/hubfile"
 )
 
 var handlerBinary string
@@ -627,27 +628,17 @@ func TestKill9MidFanOutResumes(t *testing.T) {
 // recorded: a TaskCompleted event in the instance's history or inbox.
 func completedItems(t *testing.T, file, id string) map[string]bool {
 	t.Helper()
-	db, err := sql.Open("sqlite", "file:"+file)
+	history, err := hubfile.History(file, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
-	rows, err := db.Query(`SELECT EventPayload FROM History WHERE InstanceID = ? UNION ALL SELECT EventPayload FROM NewEvents WHERE InstanceID = ?`, id, id)
+	pending, err := hubfile.Pending(file, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rows.Close()
 	scheduled := map[int32]string{}
 	var completed []int32
-	for rows.Next() {
-		var payload []byte
-		if err := rows.Scan(&payload); err != nil {
-			t.Fatal(err)
-		}
-		e, err := backend.UnmarshalHistoryEvent(payload)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, e := range append(history, pending...) {
 		if ts := e.GetTaskScheduled(); ts != nil && ts.Name == "process_work_item" {
 			var item string
 			json.Unmarshal([]byte(ts.Input.GetValue()), &item)
@@ -656,9 +647,6 @@ func completedItems(t *testing.T, file, id string) map[string]bool {
 		if tc := e.GetTaskCompleted(); tc != nil {
 			completed = append(completed, tc.TaskScheduledId)
 		}
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
 	}
 	done := map[string]bool{}
 	for _, taskID := range completed {

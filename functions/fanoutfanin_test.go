@@ -2,7 +2,6 @@ package functions_test
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/hubfile"
 	"fanoutfanin/internal/taskhub"
 )
 
@@ -382,27 +382,9 @@ func describe(e *backend.HistoryEvent) string {
 // readHistory reads an instance's recorded history from the hub's file.
 func readHistory(t *testing.T, file string, id api.InstanceID) []*backend.HistoryEvent {
 	t.Helper()
-	db, err := sql.Open("sqlite", "file:"+file)
+	history, err := hubfile.History(file, string(id))
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer db.Close()
-	rows, err := db.Query("SELECT EventPayload FROM History WHERE InstanceID = ? ORDER BY SequenceNumber", string(id))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var history []*backend.HistoryEvent
-	for rows.Next() {
-		var payload []byte
-		if err := rows.Scan(&payload); err != nil {
-			t.Fatal(err)
-		}
-		e, err := backend.UnmarshalHistoryEvent(payload)
-		if err != nil {
-			t.Fatal(err)
-		}
-		history = append(history, e)
 	}
 	if len(history) == 0 {
 		t.Fatal("no history recorded")
