@@ -2,7 +2,6 @@ package functions_test
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/app"
 	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/hubfile"
 )
 
 // server is the whole app in this process, on the repository's own host.json
@@ -58,13 +58,8 @@ func newServer(t *testing.T, settings map[string]string) *server {
 // instances counts the orchestration instances in the hub's file.
 func (s *server) instances(t *testing.T) int {
 	t.Helper()
-	db, err := sql.Open("sqlite", "file:"+s.cfg.TaskHub.EmbeddedFile+"?mode=ro")
+	n, err := hubfile.Instances(s.cfg.TaskHub.EmbeddedFile)
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var n int
-	if err := db.QueryRow("SELECT COUNT(*) FROM Instances").Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	return n

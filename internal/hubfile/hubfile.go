@@ -21,6 +21,34 @@ func Pending(file, id string) ([]*backend.HistoryEvent, error) {
 	return events(file, "SELECT EventPayload FROM NewEvents WHERE InstanceID = ? ORDER BY SequenceNumber", id)
 }
 
+// Instances counts the orchestration instances in the hub.
+func Instances(file string) (int, error) {
+	return count(file, "SELECT COUNT(*) FROM Instances")
+}
+
+// Locked counts the activity work items and the instances that some worker
+// holds locked.
+func Locked(file string) (workItems, instances int, err error) {
+	if workItems, err = count(file, "SELECT COUNT(*) FROM NewTasks WHERE LockExpiration IS NOT NULL"); err != nil {
+		return 0, 0, err
+	}
+	instances, err = count(file, "SELECT COUNT(*) FROM Instances WHERE LockExpiration IS NOT NULL")
+	return workItems, instances, err
+}
+
+func count(file, query string) (int, error) {
+	db, err := sql.Open("sqlite", "file:"+file)
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow(query).Scan(&n); err != nil {
+		return 0, fmt.Errorf("reading %s: %w", file, err)
+	}
+	return n, nil
+}
+
 func events(file, query, id string) ([]*backend.HistoryEvent, error) {
 	db, err := sql.Open("sqlite", "file:"+file)
 	if err != nil {
