@@ -108,7 +108,7 @@ func DefaultConcurrency() int { return 10 * runtime.GOMAXPROCS(0) }
 
 var (
 	hubNamePattern     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
-	routePrefixSegment = regexp.MustCompile(`^[A-Za-z0-9._-]+$`)
+	routePrefixPattern = regexp.MustCompile(`^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$`)
 )
 
 // Load reads host.json from the app root (FUNCTIONS_APP_ROOT_PATH, else the
@@ -157,11 +157,8 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	}
 	if prefix := host.Extensions.HTTP.RoutePrefix; prefix != nil {
 		cfg.RoutePrefix = strings.Trim(*prefix, "/")
-		for _, seg := range strings.Split(cfg.RoutePrefix, "/") {
-			if cfg.RoutePrefix != "" && !routePrefixSegment.MatchString(seg) {
-				p.fail("host.json extensions.http.routePrefix %q: use letters, digits, '-', '_' and '.' between slashes", *prefix)
-				break
-			}
+		if cfg.RoutePrefix != "" && !routePrefixPattern.MatchString(cfg.RoutePrefix) {
+			p.fail("host.json extensions.http.routePrefix %q: use letters, digits, '-', '_' and '.' between slashes", *prefix)
 		}
 	}
 

@@ -35,14 +35,12 @@ func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRe
 	opts := sqlite.NewSqliteOptions(embeddedDSN(cfg.EmbeddedFile))
 	opts.OrchestrationLockTimeout = cfg.LockTimeout
 	opts.ActivityLockTimeout = cfg.LockTimeout
-	// Polling stops first at shutdown; the work in flight has until the
-	// grace period ends (see hubBackend).
-	pollCtx, stopPolling := context.WithCancel(context.WithoutCancel(ctx))
+	// The work in flight has until the shutdown grace period ends (see
+	// hubBackend); polling, below, stops first.
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	wake := newWakeups()
 	be := hubBackend{Backend: sqlite.NewSqliteBackend(opts, dtLog), wake: wake, work: workCtx}
 	if err := createTaskHub(ctx, be); err != nil {
-		stopPolling()
 		stopWork()
 		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
 	}
@@ -50,6 +48,7 @@ func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRe
 	exec := hubExecutor{Executor: task.NewTaskExecutor(registry), log: log, work: workCtx}
 	orchestrations := backend.NewOrchestrationWorker(be, exec, dtLog, backend.WithMaxParallelism(int32(cfg.MaxConcurrentOrchestrations)))
 	activities := backend.NewActivityTaskWorker(be, exec, dtLog, backend.WithMaxParallelism(int32(cfg.MaxConcurrentActivities)))
+	pollCtx, stopPolling := context.WithCancel(context.WithoutCancel(ctx))
 	var loops sync.WaitGroup
 	for _, w := range []struct {
 		worker backend.TaskWorker
