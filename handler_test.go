@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"fanoutfanin/internal/dtstest"
 	"fanoutfanin/internal/hubfile"
 )
 
@@ -214,12 +215,49 @@ func embedded(t *testing.T, root string, extra ...string) map[string]string {
 	s := localSettings(t)
 	s["DURABLE_TASK_SCHEDULER_CONNECTION_STRING"] = ""
 	s["FANOUT_EMBEDDED_DIR"] = filepath.Join(root, "data")
-	s["FANOUT_WORK_MIN_DELAY"] = "0"
-	s["FANOUT_WORK_MAX_DELAY"] = "0"
-	for i := 0; i+1 < len(extra); i += 2 {
-		s[extra[i]] = extra[i+1]
+	return withSettings(s, append([]string{"FANOUT_WORK_MIN_DELAY", "0", "FANOUT_WORK_MAX_DELAY", "0"}, extra...)...)
+}
+
+// onScheduler are the settings for a run on a gRPC backend at addr: the
+// shipped local.settings.json, whose emulator connection string is kept
+// as it is but for the address, and no simulated delay.
+func onScheduler(t *testing.T, addr string, extra ...string) map[string]string {
+	t.Helper()
+	s := localSettings(t)
+	shipped := s["DURABLE_TASK_SCHEDULER_CONNECTION_STRING"]
+	if !strings.Contains(shipped, "localhost:8080") {
+		t.Fatalf("local.settings.json no longer points at the emulator on localhost:8080: %q", shipped)
+	}
+	s["DURABLE_TASK_SCHEDULER_CONNECTION_STRING"] = strings.Replace(shipped, "localhost:8080", addr, 1)
+	return withSettings(s, append([]string{"FANOUT_WORK_MIN_DELAY", "0", "FANOUT_WORK_MAX_DELAY", "0"}, extra...)...)
+}
+
+func withSettings(s map[string]string, kv ...string) map[string]string {
+	for i := 0; i+1 < len(kv); i += 2 {
+		s[kv[i]] = kv[i+1]
 	}
 	return s
+}
+
+// backends are the task hubs every end-to-end test of the app's behaviour
+// runs on: the embedded one, and the upstream durabletask-go sidecar (a real
+// gRPC backend we did not write) through the scheduler path.
+var backends = []struct {
+	name     string
+	settings func(t *testing.T, root string, extra ...string) map[string]string
+}{
+	{"embedded", embedded},
+	{"sidecar", func(t *testing.T, root string, extra ...string) map[string]string {
+		addr, _ := dtstest.StartSidecar(t, 0, filepath.Join(root, "sidecar.sqlite"))
+		return onScheduler(t, addr, extra...)
+	}},
+}
+
+// forEachBackend runs test once on every backend.
+func forEachBackend(t *testing.T, test func(t *testing.T, settings func(t *testing.T, root string, extra ...string) map[string]string)) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) { test(t, b.settings) })
+	}
 }
 
 // forward sends a request as the host does in forwarding mode: the caller's
@@ -341,8 +379,12 @@ func pollStatus(t *testing.T, p *handlerProcess, id, want string) map[string]any
 }
 
 func TestForwardingMode(t *testing.T) {
+	forEachBackend(t, testForwardingMode)
+}
+
+func testForwardingMode(t *testing.T, settings func(t *testing.T, root string, extra ...string) map[string]string) {
 	root := newAppRoot(t, nil)
-	p := startHandler(t, root, embedded(t, root))
+	p := startHandler(t, root, settings(t, root))
 	p.waitReady(t)
 
 	code, hdr, body := p.forward(t, "POST", "/api/fan_out_fan_in", `{"workItems": ["Task1", "Task2", "Task3", "Task4", "Task5", "Task6"]}`)
@@ -438,8 +480,12 @@ func TestSIGTERMLeavesNothingLocked(t *testing.T) {
 }
 
 func TestPayloadMode(t *testing.T) {
+	forEachBackend(t, testPayloadMode)
+}
+
+func testPayloadMode(t *testing.T, settings func(t *testing.T, root string, extra ...string) map[string]string) {
 	root := newAppRoot(t, nil)
-	p := startHandler(t, root, embedded(t, root))
+	p := startHandler(t, root, settings(t, root))
 	p.waitReady(t)
 
 	res, logs := p.invoke(t, "fan_out_fan_in", "POST", "http://localhost:7071/api/fan_out_fan_in", `{"workItems": ["A", "B"]}`, nil)
@@ -506,23 +552,43 @@ func TestPayloadMode(t *testing.T) {
 	}
 }
 
-// The shipped local.settings.json points at the scheduler emulator, which
-// this version cannot use: the handler says so, and how to run embedded,
-// without printing the connection string.
-func TestSchedulerConnectionStringIsAClearStartupError(t *testing.T) {
-	root := newAppRoot(t, nil)
-	settings := localSettings(t)
-	settings["DURABLE_TASK_SCHEDULER_CONNECTION_STRING"] = "Endpoint=https://x.durabletask.io;Authentication=ManagedIdentity;ClientID=secret-client-id"
-	p := startHandler(t, root, settings)
-	if err := p.waitExit(t, 15*time.Second); err == nil {
-		t.Fatal("handler exited 0")
-	}
-	stderr := p.stderr.String()
-	if !strings.Contains(stderr, "DURABLE_TASK_SCHEDULER_CONNECTION_STRING") || !strings.Contains(stderr, "embedded task hub") {
-		t.Errorf("stderr does not explain: %s", stderr)
-	}
-	if strings.Contains(stderr+p.stdout.String(), "secret-client-id") || strings.Contains(stderr+p.stdout.String(), "durabletask.io") {
-		t.Errorf("the connection string leaked into the output: %s %s", stderr, p.stdout)
+// A connection string the handler cannot use stops it at start with a
+// message that names the setting and the problem, and shows none of the
+// string's values but the endpoint's host.
+func TestBadConnectionStringsStopTheHandler(t *testing.T) {
+	const secret = "s3cr3t-client-id"
+	for _, tc := range []struct {
+		name, value string
+		want        []string
+	}{
+		{"unknown key", "Endpoint=https://x.westus.durabletask.io;Authentication=ManagedIdentity;ClientID=" + secret + ";Passwrd=" + secret,
+			[]string{`unknown key "Passwrd"`}},
+		{"unknown authentication", "Endpoint=https://x.westus.durabletask.io;Authentication=" + secret,
+			[]string{"Authentication", "ManagedIdentity", "WorkloadIdentity"}},
+		{"missing endpoint", "Authentication=ManagedIdentity;ClientID=" + secret,
+			[]string{"Endpoint"}},
+		{"token over http", "Endpoint=http://x.westus.durabletask.io;Authentication=ManagedIdentity;ClientID=" + secret,
+			[]string{"https"}},
+		{"task hub differs from hubName", "Endpoint=http://localhost:8080;Authentication=None;TaskHub=other",
+			[]string{`"other"`, `"default"`, "hubName"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := newAppRoot(t, nil)
+			settings := withSettings(localSettings(t), "DURABLE_TASK_SCHEDULER_CONNECTION_STRING", tc.value)
+			p := startHandler(t, root, settings)
+			if err := p.waitExit(t, 15*time.Second); err == nil {
+				t.Fatal("handler exited 0")
+			}
+			stderr := p.stderr.String()
+			for _, want := range append(tc.want, "DURABLE_TASK_SCHEDULER_CONNECTION_STRING") {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr lacks %q: %s", want, stderr)
+				}
+			}
+			if strings.Contains(stderr+p.stdout.String(), secret) {
+				t.Errorf("a value from the connection string leaked into the output: %s %s", stderr, p.stdout)
+			}
+		})
 	}
 }
 

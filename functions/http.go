@@ -32,10 +32,11 @@ type HTTPFunction struct {
 // status function for an instance.
 type StatusURL func(r *http.Request, instanceID string) string
 
-// HTTP returns the app's HTTP functions.
-func HTTP(hub taskhub.Client, limits config.Limits, statusURL StatusURL) []HTTPFunction {
+// HTTP returns the app's HTTP functions. maxInputBytes bounds an
+// orchestration's input on the task hub (0: no bound).
+func HTTP(hub taskhub.Client, limits config.Limits, maxInputBytes int, statusURL StatusURL) []HTTPFunction {
 	return []HTTPFunction{
-		{Name: "fan_out_fan_in", Handler: StartFanOut(hub, limits, statusURL)},
+		{Name: "fan_out_fan_in", Handler: StartFanOut(hub, limits, maxInputBytes, statusURL)},
 		{Name: "status", RouteParams: []string{"instanceId"}, Handler: Status(hub, statusURL)},
 	}
 }
@@ -45,8 +46,9 @@ var DefaultWorkItems = []string{"Item1", "Item2", "Item3", "Item4", "Item5"}
 
 // Retry-After values, in seconds, as Durable Functions sends them.
 const (
-	retryAfterStart   = "10"
-	retryAfterRunning = "5"
+	retryAfterStart       = "10"
+	retryAfterRunning     = "5"
+	retryAfterUnavailable = "5"
 )
 
 // checkStatus is the body of a start response, in Durable Functions' shape,
@@ -58,16 +60,26 @@ type checkStatus struct {
 
 // StartFanOut is fan_out_fan_in: it validates the work items, schedules the
 // orchestration and answers 202 with where to watch it.
-func StartFanOut(hub taskhub.Client, limits config.Limits, statusURL StatusURL) http.Handler {
+func StartFanOut(hub taskhub.Client, limits config.Limits, maxInputBytes int, statusURL StatusURL) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		items, err := readWorkItems(w, r, limits)
 		if err != nil {
 			httpjson.RenderError(w, r, err)
 			return
 		}
-		id, err := hub.ScheduleNewOrchestration(r.Context(), OrchestratorName, api.WithInput(items))
+		input, err := json.Marshal(items)
 		if err != nil {
-			httpjson.RenderError(w, r, fmt.Errorf("scheduling %s: %w", OrchestratorName, err))
+			httpjson.RenderError(w, r, err)
+			return
+		}
+		if maxInputBytes > 0 && len(input) > maxInputBytes {
+			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusRequestEntityTooLarge,
+				"the work items make an orchestration input of %d bytes, and the task hub takes at most %d bytes per input: send fewer or shorter items", len(input), maxInputBytes))
+			return
+		}
+		id, err := hub.ScheduleNewOrchestration(r.Context(), OrchestratorName, api.WithRawInput(string(input)))
+		if err != nil {
+			renderHubError(w, r, fmt.Errorf("scheduling %s: %w", OrchestratorName, err))
 			return
 		}
 		zerolog.Ctx(r.Context()).Info().Str("instanceId", string(id)).Int("items", len(items)).Msg("started orchestration")
@@ -173,7 +185,7 @@ func Status(hub taskhub.Client, statusURL StatusURL) http.Handler {
 			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusNotFound, "no orchestration instance has id %q", id))
 			return
 		} else if err != nil {
-			httpjson.RenderError(w, r, fmt.Errorf("fetching instance %s: %w", id, err))
+			renderHubError(w, r, fmt.Errorf("fetching instance %s: %w", id, err))
 			return
 		}
 
@@ -199,6 +211,18 @@ func Status(hub taskhub.Client, statusURL StatusURL) http.Handler {
 		}
 		httpjson.Write(w, status, body)
 	})
+}
+
+// renderHubError renders a failed task hub call. A scheduler that cannot be
+// used right now is a 503 that says which one and when to try again; the
+// worker logs the outage, so the request does not.
+func renderHubError(w http.ResponseWriter, r *http.Request, err error) {
+	var unavailable *taskhub.UnavailableError
+	if errors.As(err, &unavailable) {
+		w.Header().Set("Retry-After", retryAfterUnavailable)
+		err = httpjson.Errorf(http.StatusServiceUnavailable, "the Durable Task Scheduler at %s %s; try again shortly", unavailable.Endpoint, unavailable.Reason)
+	}
+	httpjson.RenderError(w, r, err)
 }
 
 // jsonValue turns a serialized payload into the JSON value it holds: null

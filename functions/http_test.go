@@ -3,6 +3,7 @@ package functions_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/microsoft/durabletask-go/api"
 	"github.com/rs/zerolog"
 
 	"fanoutfanin/functions"
@@ -288,5 +290,34 @@ func TestStatusOfUnknownInstance(t *testing.T) {
 	}
 	if r = do(t, "POST", s.URL+"/api/status/x", ""); r.status != http.StatusMethodNotAllowed {
 		t.Errorf("POST status: got %d, want 405", r.status)
+	}
+}
+
+// mustNotSchedule is a task hub client for checks that a request changes
+// nothing: any call fails the test.
+type mustNotSchedule struct{ t *testing.T }
+
+func (m mustNotSchedule) ScheduleNewOrchestration(context.Context, string, ...api.NewOrchestrationOptions) (api.InstanceID, error) {
+	m.t.Error("an orchestration was scheduled")
+	return "", errors.New("must not schedule")
+}
+
+func (m mustNotSchedule) FetchOrchestrationMetadata(context.Context, api.InstanceID, ...api.FetchOrchestrationMetadataOptions) (*api.OrchestrationMetadata, error) {
+	m.t.Error("an instance was fetched")
+	return nil, errors.New("must not fetch")
+}
+
+// On a task hub that bounds inputs (the scheduler: 1 MiB), a start whose
+// input would be larger is refused before anything is scheduled.
+func TestStartRefusesAnInputOverTheHubsLimit(t *testing.T) {
+	limits := config.Limits{MaxWorkItems: 100, MaxItemLength: 100, MaxBodyBytes: 1 << 20}
+	h := functions.StartFanOut(mustNotSchedule{t}, limits, 64, func(*http.Request, string) string { return "" })
+	body := `{"workItems": ["` + strings.Repeat("a", 30) + `", "` + strings.Repeat("b", 30) + `"]}`
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/api/fan_out_fan_in", strings.NewReader(body)))
+	var res map[string]string
+	json.Unmarshal(rec.Body.Bytes(), &res)
+	if rec.Code != http.StatusRequestEntityTooLarge || !strings.Contains(res["error"], "orchestration input of 67 bytes") || !strings.Contains(res["error"], "at most 64 bytes") {
+		t.Errorf("got %d %s, want 413 saying the input is 67 bytes and at most 64 are taken", rec.Code, rec.Body)
 	}
 }

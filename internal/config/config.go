@@ -48,10 +48,10 @@ type Work struct {
 type TaskHub struct {
 	Name string
 	// ConnectionSetting names the app setting holding the scheduler connection
-	// string; ConnectionString is its value. Empty selects the embedded hub.
-	// The value may hold a secret: never log it.
+	// string; Scheduler is what it says, nil when it is empty, which selects
+	// the embedded hub. The string itself may hold a secret and is not kept.
 	ConnectionSetting string
-	ConnectionString  string
+	Scheduler         *Scheduler
 	// EmbeddedFile is the SQLite file of the embedded hub.
 	EmbeddedFile string
 	// LockTimeout is how long a work item stays locked to the process that took
@@ -62,7 +62,7 @@ type TaskHub struct {
 }
 
 // Embedded reports whether the hub runs in-process on SQLite.
-func (t TaskHub) Embedded() bool { return t.ConnectionString == "" }
+func (t TaskHub) Embedded() bool { return t.Scheduler == nil }
 
 // The app settings this package reads, besides the connection string whose
 // name host.json gives.
@@ -170,12 +170,14 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		MaxConcurrentActivities:     DefaultConcurrency(),
 		MaxConcurrentOrchestrations: DefaultConcurrency(),
 	}
+	hubNameValid := false // host.json gives a hub name, and a valid one
 	if dt.HubName != nil {
 		if *dt.HubName == "" {
 			p.fail("host.json extensions.durableTask.hubName is empty")
 		}
 		hub.Name = p.expandSettings("host.json extensions.durableTask.hubName", *dt.HubName)
-		if hub.Name != "" && !hubNamePattern.MatchString(hub.Name) {
+		hubNameValid = hubNamePattern.MatchString(hub.Name)
+		if hub.Name != "" && !hubNameValid {
 			// Not the value: an app setting it came from may hold a secret.
 			p.fail("host.json extensions.durableTask.hubName %q does not give a valid task hub name: use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit", *dt.HubName)
 		}
@@ -186,7 +188,30 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	if name := dt.StorageProvider.ConnectionStringName; name != "" {
 		hub.ConnectionSetting = name
 	}
-	hub.ConnectionString = strings.TrimSpace(getenv(hub.ConnectionSetting))
+	connection := strings.TrimSpace(getenv(hub.ConnectionSetting))
+	if connection != "" {
+		var taskHub string
+		var errs []error
+		hub.Scheduler, taskHub, errs = parseScheduler(hub.ConnectionSetting, connection)
+		p.errs = append(p.errs, errs...)
+		// Durable Functions writes the string without TaskHub and takes the
+		// hub from host.json; the SDKs take it from the string. Either may
+		// name it, but two different names would leave the user guessing
+		// which hub the app runs on.
+		switch {
+		case taskHub == "":
+			// Absent (or invalid, and reported): host.json's name stands.
+		case dt.HubName == nil:
+			hub.Name = taskHub
+		case hubNameValid && !strings.EqualFold(taskHub, hub.Name):
+			from := ""
+			if *dt.HubName != hub.Name {
+				from = fmt.Sprintf(" (%q)", *dt.HubName)
+			}
+			p.fail("%s: the connection string's TaskHub is %q but host.json extensions.durableTask.hubName%s gives %q: make them the same or remove TaskHub from the connection string",
+				hub.ConnectionSetting, taskHub, from, hub.Name)
+		}
+	}
 	if n := dt.MaxConcurrentActivityFunctions; n != nil {
 		hub.MaxConcurrentActivities = p.limit("host.json extensions.durableTask.maxConcurrentActivityFunctions", *n)
 	}
@@ -200,18 +225,21 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	if !filepath.IsAbs(dir) {
 		dir = filepath.Join(root, dir)
 	}
-	if hub.ConnectionString == "" && strings.ContainsAny(dir, "?#%") {
+	if connection == "" && strings.ContainsAny(dir, "?#%") {
 		// The path becomes part of a SQLite URI, where '?' and '#' end the
 		// path and '%' starts an escape.
 		p.fail("%s %q: the path may not contain '?', '#' or '%%'", SettingEmbeddedDir, dir)
 	}
 	hub.EmbeddedFile = filepath.Join(dir, hub.Name+".sqlite")
-	if hub.LockTimeout < time.Second {
-		p.fail("%s is %s: it must be at least 1s", SettingLockTimeout, hub.LockTimeout)
-	} else if hub.LockTimeout <= cfg.Work.MaxDelay {
-		// A lock that expires while its activity still runs hands the item to
-		// another worker, and it runs twice.
-		p.fail("%s (%s) must be longer than %s (%s)", SettingLockTimeout, hub.LockTimeout, SettingWorkMaxDelay, cfg.Work.MaxDelay)
+	// Embedded only: the scheduler's leases belong to the worker's stream.
+	if connection == "" {
+		if hub.LockTimeout < time.Second {
+			p.fail("%s is %s: it must be at least 1s", SettingLockTimeout, hub.LockTimeout)
+		} else if hub.LockTimeout <= cfg.Work.MaxDelay {
+			// A lock that expires while its activity still runs hands the
+			// item to another worker, and it runs twice.
+			p.fail("%s (%s) must be longer than %s (%s)", SettingLockTimeout, hub.LockTimeout, SettingWorkMaxDelay, cfg.Work.MaxDelay)
+		}
 	}
 	cfg.TaskHub = hub
 

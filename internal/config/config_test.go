@@ -95,8 +95,8 @@ func TestLoadDefaults(t *testing.T) {
 	if got, want := hub.ConnectionSetting, "DURABLE_TASK_SCHEDULER_CONNECTION_STRING"; got != want {
 		t.Errorf("TaskHub.ConnectionSetting: got %q, want %q", got, want)
 	}
-	if got, want := hub.ConnectionString, ""; got != want {
-		t.Errorf("TaskHub.ConnectionString: got %q, want %q", got, want)
+	if hub.Scheduler != nil {
+		t.Errorf("TaskHub.Scheduler: got %+v, want nil", *hub.Scheduler)
 	}
 	if got, want := hub.Embedded(), true; got != want {
 		t.Errorf("TaskHub.Embedded(): got %v, want %v", got, want)
@@ -258,61 +258,67 @@ func TestLoadConnectionString(t *testing.T) {
 		hostJSON     string
 		settings     map[string]string
 		wantSetting  string
-		wantValue    string
-		wantEmbedded bool
+		wantEndpoint string // "" for the embedded hub
 	}{
 		{
-			name:         "default setting unset",
-			hostJSON:     minimalHostJSON,
-			wantSetting:  DefaultConnectionSetting,
-			wantEmbedded: true,
-		},
-		{
-			name:        "default setting set",
+			name:        "default setting unset",
 			hostJSON:    minimalHostJSON,
-			settings:    map[string]string{DefaultConnectionSetting: value},
 			wantSetting: DefaultConnectionSetting,
-			wantValue:   value,
 		},
 		{
-			name:        "custom setting set",
-			hostJSON:    custom,
-			settings:    map[string]string{"MY_DTS": "  " + value + "\n", DefaultConnectionSetting: "other"},
-			wantSetting: "MY_DTS",
-			wantValue:   value,
-		},
-		{
-			name:         "custom setting unset ignores the default one",
-			hostJSON:     custom,
+			name:         "default setting set",
+			hostJSON:     minimalHostJSON,
 			settings:     map[string]string{DefaultConnectionSetting: value},
-			wantSetting:  "MY_DTS",
-			wantEmbedded: true,
+			wantSetting:  DefaultConnectionSetting,
+			wantEndpoint: "https://x.durabletask.io",
 		},
 		{
-			name:         "custom setting whitespace only",
+			name:         "custom setting set",
 			hostJSON:     custom,
-			settings:     map[string]string{"MY_DTS": " \t\n"},
+			settings:     map[string]string{"MY_DTS": "  " + value + "\n", DefaultConnectionSetting: "other"},
 			wantSetting:  "MY_DTS",
-			wantEmbedded: true,
+			wantEndpoint: "https://x.durabletask.io",
 		},
 		{
-			name:        "storage provider type in another case",
-			hostJSON:    `{"version":"2.0","extensions":{"durableTask":{"storageProvider":{"type":"AzureManaged"}}}}`,
+			name:        "custom setting unset ignores the default one",
+			hostJSON:    custom,
 			settings:    map[string]string{DefaultConnectionSetting: value},
-			wantSetting: DefaultConnectionSetting,
-			wantValue:   value,
+			wantSetting: "MY_DTS",
+		},
+		{
+			name:        "custom setting whitespace only",
+			hostJSON:    custom,
+			settings:    map[string]string{"MY_DTS": " \t\n"},
+			wantSetting: "MY_DTS",
+		},
+		{
+			name:         "storage provider type in another case",
+			hostJSON:     `{"version":"2.0","extensions":{"durableTask":{"storageProvider":{"type":"AzureManaged"}}}}`,
+			settings:     map[string]string{DefaultConnectionSetting: value},
+			wantSetting:  DefaultConnectionSetting,
+			wantEndpoint: "https://x.durabletask.io",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, _ := mustLoad(t, tc.hostJSON, tc.settings)
-			if got, want := cfg.TaskHub.ConnectionSetting, tc.wantSetting; got != want {
+			hub := cfg.TaskHub
+			if got, want := hub.ConnectionSetting, tc.wantSetting; got != want {
 				t.Errorf("ConnectionSetting: got %q, want %q", got, want)
 			}
-			if got, want := cfg.TaskHub.ConnectionString, tc.wantValue; got != want {
-				t.Errorf("ConnectionString: got %q, want %q", got, want)
-			}
-			if got, want := cfg.TaskHub.Embedded(), tc.wantEmbedded; got != want {
+			if got, want := hub.Embedded(), tc.wantEndpoint == ""; got != want {
 				t.Errorf("Embedded(): got %v, want %v", got, want)
+			}
+			if got, want := hub.Embedded(), hub.Scheduler == nil; got != want {
+				t.Errorf("Embedded(): got %v, want %v (Scheduler == nil)", got, want)
+			}
+			if hub.Scheduler == nil {
+				return
+			}
+			if got, want := hub.Scheduler.Endpoint, tc.wantEndpoint; got != want {
+				t.Errorf("Scheduler.Endpoint: got %q, want %q", got, want)
+			}
+			if got, want := hub.Scheduler.Auth, AuthManagedIdentity; got != want {
+				t.Errorf("Scheduler.Auth: got %q, want %q", got, want)
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package taskhub_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,15 +38,20 @@ func registry(t testing.TB) *task.TaskRegistry {
 	return r
 }
 
-func TestSchedulerIsNotAvailableYet(t *testing.T) {
+// With a scheduler configured, Open neither waits for it nor touches the
+// embedded hub, and a client call while it is down says so.
+func TestSchedulerHubOpensWhileTheSchedulerIsDown(t *testing.T) {
 	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
-	cfg.ConnectionString = "Endpoint=https://s.westus.durabletask.io;Authentication=ManagedIdentity;ClientID=00000000-1111"
-	_, err := taskhub.Open(context.Background(), cfg, registry(t), zerolog.Nop())
-	if err == nil {
-		t.Fatal("Open with a scheduler connection string: got no error")
+	cfg.Scheduler = &config.Scheduler{Endpoint: "http://127.0.0.1:1", Host: "127.0.0.1", Address: "127.0.0.1:1", Auth: config.AuthNone}
+	hub, err := taskhub.Open(context.Background(), cfg, registry(t), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
 	}
-	if msg := err.Error(); !strings.Contains(msg, config.DefaultConnectionSetting) || strings.Contains(msg, "durabletask.io") || strings.Contains(msg, "00000000-1111") {
-		t.Errorf("error should name the setting and not show its value: %q", msg)
+	defer hub.Close(context.Background())
+	_, err = hub.Client.ScheduleNewOrchestration(context.Background(), functions.OrchestratorName, api.WithInput([]string{"a"}))
+	var unavailable *taskhub.UnavailableError
+	if !errors.As(err, &unavailable) || unavailable.Endpoint != "127.0.0.1" {
+		t.Errorf("scheduling while the scheduler is down: got %v, want an UnavailableError naming 127.0.0.1", err)
 	}
 	if _, err := os.Stat(cfg.EmbeddedFile); !os.IsNotExist(err) {
 		t.Errorf("an embedded hub file was created: %v", err)

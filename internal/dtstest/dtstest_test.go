@@ -1,0 +1,735 @@
+package dtstest
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+const (
+	testHub      = "testhub"
+	workerUA     = "dtstest-worker/1.0 (DurableTaskWorker)"
+	clientUA     = "dtstest-client/1.0 (DurableTaskClient)"
+	goodWorkerID = "testhost,4242,0123456789abcdef0123456789abcdef"
+)
+
+type env struct {
+	t       *testing.T
+	srv     *Server
+	conn    *grpc.ClientConn // to the conformance server
+	sidecar string
+}
+
+func newEnv(t *testing.T, opts Options) *env {
+	t.Helper()
+	addr, _ := StartSidecar(t, 0, "")
+	return newEnvUpstream(t, opts, addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+func newEnvUpstream(t *testing.T, opts Options, addr string, creds grpc.DialOption) *env {
+	t.Helper()
+	opts.Upstream = addr
+	if opts.TaskHub == "" {
+		opts.TaskHub = testHub
+	}
+	opts.Logf = t.Logf
+	srv, err := Start(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	conn, err := grpc.Dial(srv.Addr(), creds,
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &env{t: t, srv: srv, conn: conn, sidecar: addr}
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func clientCtx(ctx context.Context, kv ...string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, append([]string{"taskhub", testHub, "x-user-agent", clientUA}, kv...)...)
+}
+
+func workerCtx(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "taskhub", testHub, "x-user-agent", workerUA, "workerid", goodWorkerID)
+}
+
+func fromJSON(t *testing.T, name, js string) proto.Message {
+	t.Helper()
+	m := NewMessage(name)
+	if err := protojson.Unmarshal([]byte(js), m); err != nil {
+		t.Fatalf("%s from %s: %v", name, js, err)
+	}
+	return m
+}
+
+func (e *env) invoke(ctx context.Context, method string, req proto.Message, resp string) (proto.Message, error) {
+	out := NewMessage(resp)
+	err := e.conn.Invoke(ctx, servicePrefix+method, req, out)
+	return out, err
+}
+
+func (e *env) startInstance(ctx context.Context, id, input string) error {
+	js := fmt.Sprintf(`{"instanceId":%q,"name":"orch","input":%q}`, id, input)
+	_, err := e.invoke(clientCtx(ctx), "StartInstance", fromJSON(e.t, "CreateInstanceRequest", js), "CreateInstanceResponse")
+	return err
+}
+
+type instanceState struct {
+	Exists             bool `json:"exists"`
+	OrchestrationState struct {
+		OrchestrationStatus string `json:"orchestrationStatus"`
+		Output              string `json:"output"`
+	} `json:"orchestrationState"`
+}
+
+func getInstance(t *testing.T, ctx context.Context, conn grpc.ClientConnInterface, method, id string) instanceState {
+	t.Helper()
+	resp := NewMessage("GetInstanceResponse")
+	req := fromJSON(t, "GetInstanceRequest", fmt.Sprintf(`{"instanceId":%q,"getInputsAndOutputs":true}`, id))
+	if err := conn.Invoke(ctx, servicePrefix+method, req, resp); err != nil {
+		t.Fatalf("%s(%s): %v", method, id, err)
+	}
+	var st instanceState
+	b, _ := protojson.Marshal(resp)
+	if err := json.Unmarshal(b, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// openStream opens a raw GetWorkItems stream advertising the given limits (fields 1 and 2) and
+// capabilities (field 10, packed).
+func (e *env) openStream(ctx context.Context, maxOrch, maxAct int32, caps ...int32) grpc.ClientStream {
+	e.t.Helper()
+	cs, err := e.conn.NewStream(workerCtx(ctx), &grpc.StreamDesc{ServerStreams: true}, servicePrefix+"GetWorkItems")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req := NewMessage("GetWorkItemsRequest")
+	AppendUnknownVarint(req, FieldGWIMaxOrchestrations, uint64(maxOrch))
+	AppendUnknownVarint(req, FieldGWIMaxActivities, uint64(maxAct))
+	if len(caps) > 0 {
+		var packed []byte
+		for _, c := range caps {
+			packed = protowire.AppendVarint(packed, uint64(c))
+		}
+		AppendUnknownBytes(req, FieldGWICapabilities, packed)
+	}
+	if err := cs.SendMsg(req); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := cs.CloseSend(); err != nil {
+		e.t.Fatal(err)
+	}
+	return cs
+}
+
+// recvWork returns the next work item that is not a health ping.
+func recvWork(t *testing.T, cs grpc.ClientStream) proto.Message {
+	t.Helper()
+	for {
+		wi := NewMessage("WorkItem")
+		if err := cs.RecvMsg(wi); err != nil {
+			t.Fatalf("receiving a work item: %v", err)
+		}
+		if !IsHealthPing(wi) {
+			return wi
+		}
+	}
+}
+
+func wantCode(t *testing.T, err error, code codes.Code, what string) {
+	t.Helper()
+	if status.Code(err) != code {
+		t.Fatalf("%s: got %v, want %v", what, err, code)
+	}
+}
+
+func hasViolation(vs []string, substrs ...string) bool {
+	for _, v := range vs {
+		ok := true
+		for _, s := range substrs {
+			if !strings.Contains(v, s) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+func completeOrchestrationJSON(iid, result string) string {
+	return fmt.Sprintf(`{"instanceId":%q,"actions":[{"id":0,"completeOrchestration":{"orchestrationStatus":"ORCHESTRATION_STATUS_COMPLETED","result":%q}}]}`, iid, result)
+}
+
+// completeOrch sends CompleteOrchestratorTask with the given token ("" = none).
+func (e *env) completeOrch(ctx context.Context, js, token string) error {
+	req := fromJSON(e.t, "OrchestratorResponse", js)
+	if token != "" {
+		AppendUnknownString(req, FieldOrchRespCompletionToken, token)
+	}
+	_, err := e.invoke(workerCtx(ctx), "CompleteOrchestratorTask", req, "CompleteTaskResponse")
+	return err
+}
+
+func (e *env) completeActivity(ctx context.Context, iid string, taskID int32, result, token string) error {
+	req := fromJSON(e.t, "ActivityResponse", fmt.Sprintf(`{"instanceId":%q,"taskId":%d,"result":%q}`, iid, taskID, result))
+	if token != "" {
+		AppendUnknownString(req, FieldActRespCompletionToken, token)
+	}
+	_, err := e.invoke(workerCtx(ctx), "CompleteActivityTask", req, "CompleteTaskResponse")
+	return err
+}
+
+func (e *env) abandon(ctx context.Context, method, token string) error {
+	req := &emptypb.Empty{}
+	AppendUnknownString(req, FieldAbandonCompletionToken, token)
+	_, err := e.invoke(workerCtx(ctx), method, req, "")
+	return err
+}
+
+func orchInstance(wi proto.Message) string {
+	kind, iid, _ := describeWorkItem(wi)
+	if kind != kindOrchestration {
+		return ""
+	}
+	return iid
+}
+
+// (a) metadata: task hub, bearer token, user agent, worker id, advertised limits.
+func TestMetadata(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{Token: func(tok string) bool { return tok == "good-token" }})
+	ctx := testCtx(t)
+	hello := func(kv ...string) error {
+		_, err := e.invoke(metadata.AppendToOutgoingContext(ctx, kv...), "Hello", &emptypb.Empty{}, "")
+		return err
+	}
+	wantCode(t, hello("authorization", "Bearer good-token"), codes.NotFound, "Hello without taskhub")
+	wantCode(t, hello("authorization", "Bearer good-token", "taskhub", "otherhub"), codes.NotFound, "Hello with wrong taskhub")
+	wantCode(t, hello("taskhub", testHub), codes.Unauthenticated, "Hello without authorization")
+	wantCode(t, hello("taskhub", testHub, "authorization", "Bearer bad-token"), codes.Unauthenticated, "Hello with a bad token")
+	wantCode(t, hello("taskhub", testHub, "authorization", "Basic good-token"), codes.Unauthenticated, "Hello with a non-bearer scheme")
+	if err := hello("taskhub", testHub, "authorization", "Bearer good-token"); err != nil {
+		t.Fatalf("Hello with good metadata: %v", err)
+	}
+
+	// A work-item stream with the wrong task hub is refused on the first Recv.
+	cs, err := e.conn.NewStream(metadata.AppendToOutgoingContext(ctx, "taskhub", "otherhub", "authorization", "Bearer good-token"),
+		&grpc.StreamDesc{ServerStreams: true}, servicePrefix+"GetWorkItems")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = cs.SendMsg(NewMessage("GetWorkItemsRequest"))
+	_ = cs.CloseSend()
+	wantCode(t, cs.RecvMsg(NewMessage("WorkItem")), codes.NotFound, "GetWorkItems with wrong taskhub")
+
+	// Wrong role in x-user-agent, bad workerid, no limits: served, but recorded.
+	_, err = e.invoke(metadata.AppendToOutgoingContext(ctx, "taskhub", testHub, "authorization", "Bearer good-token", "x-user-agent", workerUA),
+		"GetInstance", fromJSON(t, "GetInstanceRequest", `{"instanceId":"nope"}`), "GetInstanceResponse")
+	if err != nil {
+		t.Fatalf("GetInstance with a worker user agent should be served: %v", err)
+	}
+	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, "taskhub", testHub, "authorization", "Bearer good-token", "workerid", "justahost"))
+	defer cancel()
+	cs, err = e.conn.NewStream(sctx, &grpc.StreamDesc{ServerStreams: true}, servicePrefix+"GetWorkItems")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = cs.SendMsg(NewMessage("GetWorkItemsRequest")) // v0.6.0 style: no fields at all
+	_ = cs.CloseSend()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(e.srv.Streams()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+
+	vs := e.srv.Violations()
+	for _, want := range [][]string{
+		{"Hello", "no taskhub header"},
+		{"Hello", "taskhub header \"otherhub\""},
+		{"Hello", "no authorization header"},
+		{"Hello", "bearer token rejected"},
+		{"GetWorkItems", "taskhub header \"otherhub\""},
+		{"GetInstance", "x-user-agent", "(DurableTaskClient)"},
+		{"GetWorkItems", "workerid \"justahost\""},
+		{"GetWorkItems", "no x-user-agent"},
+		{"GetWorkItems", "field 1"},
+		{"GetWorkItems", "field 2"},
+	} {
+		if !hasViolation(vs, want...) {
+			t.Errorf("no violation matching %q in:\n%s", want, strings.Join(vs, "\n"))
+		}
+	}
+	if hasViolation(vs, "Hello", "x-user-agent") {
+		t.Errorf("Hello must not need x-user-agent:\n%s", strings.Join(vs, "\n"))
+	}
+	if si := e.srv.Streams(); len(si) != 1 || si[0].WorkerID != "justahost" || si[0].MaxOrchestrations != 0 {
+		t.Errorf("Streams() = %+v", si)
+	}
+}
+
+// (b) StartInstance through the server reaches the sidecar.
+func TestStartInstanceForwarded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{})
+	ctx := testCtx(t)
+	if err := e.startInstance(ctx, "inst-b", `"hello"`); err != nil {
+		t.Fatal(err)
+	}
+	if st := getInstance(t, clientCtx(ctx), e.conn, "GetInstance", "inst-b"); !st.Exists {
+		t.Fatalf("GetInstance through the server: %+v", st)
+	}
+	direct, err := grpc.Dial(e.sidecar, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	if st := getInstance(t, ctx, direct, "GetInstance", "inst-b"); !st.Exists {
+		t.Fatalf("GetInstance on the sidecar itself: %+v", st)
+	}
+	if vs := e.srv.Violations(); len(vs) != 0 {
+		t.Errorf("unexpected violations:\n%s", strings.Join(vs, "\n"))
+	}
+}
+
+// (c) completion tokens: wrong → NotFound, missing → InvalidArgument, right → OK.
+func TestCompletionTokens(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{})
+	ctx := testCtx(t)
+	cs := e.openStream(ctx, 10, 10)
+	if err := e.startInstance(ctx, "inst-c", `"in"`); err != nil {
+		t.Fatal(err)
+	}
+	wi := recvWork(t, cs)
+	if orchInstance(wi) != "inst-c" {
+		t.Fatalf("want an orchestrator work item for inst-c, got %v", wi)
+	}
+	token := WorkItemToken(wi)
+	if token == "" {
+		t.Fatal("work item carries no completionToken (field 10)")
+	}
+	done := completeOrchestrationJSON("inst-c", `"out"`)
+	wantCode(t, e.completeOrch(ctx, done, "not-a-token"), codes.NotFound, "complete with a wrong token")
+	wantCode(t, e.completeOrch(ctx, done, ""), codes.InvalidArgument, "complete without a token")
+	wantCode(t, e.completeOrch(ctx, completeOrchestrationJSON("other-instance", `"out"`), token), codes.NotFound, "complete naming another instance")
+	if err := e.completeOrch(ctx, done, token); err != nil {
+		t.Fatalf("complete with the right token: %v", err)
+	}
+	st := getInstance(t, clientCtx(ctx), e.conn, "WaitForInstanceCompletion", "inst-c")
+	if st.OrchestrationState.OrchestrationStatus != "ORCHESTRATION_STATUS_COMPLETED" || st.OrchestrationState.Output != `"out"` {
+		t.Fatalf("instance after completion: %+v", st)
+	}
+	vs := e.srv.Violations()
+	for _, want := range [][]string{
+		{"CompleteOrchestratorTask", "unknown completion token \"not-a-token\""},
+		{"CompleteOrchestratorTask", "no completion token"},
+		{"CompleteOrchestratorTask", "other-instance"},
+	} {
+		if !hasViolation(vs, want...) {
+			t.Errorf("no violation matching %q in:\n%s", want, strings.Join(vs, "\n"))
+		}
+	}
+	if len(vs) != 3 {
+		t.Errorf("want exactly 3 violations, got:\n%s", strings.Join(vs, "\n"))
+	}
+	if s := e.srv.Stats(); s.Completed != 1 || s.Dispatched != 1 {
+		t.Errorf("stats: %+v", s)
+	}
+}
+
+// (d) a stream that ends with an item outstanding: redelivered with a new token; the old one is stale.
+func TestLeaseBelongsToStream(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{})
+	ctx := testCtx(t)
+	sctx, cancelA := context.WithCancel(ctx)
+	a := e.openStream(sctx, 1, 1)
+	if err := e.startInstance(ctx, "inst-d", `null`); err != nil {
+		t.Fatal(err)
+	}
+	wi1 := recvWork(t, a)
+	old := WorkItemToken(wi1)
+	cancelA() // the worker's stream ends with the item outstanding
+
+	b := e.openStream(ctx, 1, 1)
+	wi2 := recvWork(t, b)
+	if orchInstance(wi2) != "inst-d" {
+		t.Fatalf("redelivered item: %v", wi2)
+	}
+	fresh := WorkItemToken(wi2)
+	if fresh == "" || fresh == old {
+		t.Fatalf("redelivery token %q, old %q: want a new one", fresh, old)
+	}
+	done := completeOrchestrationJSON("inst-d", `"ok"`)
+	wantCode(t, e.completeOrch(ctx, done, old), codes.NotFound, "complete with the token of the ended stream")
+	if vs := e.srv.Violations(); len(vs) != 0 {
+		t.Fatalf("a first stale completion is not a violation:\n%s", strings.Join(vs, "\n"))
+	}
+	if err := e.completeOrch(ctx, done, fresh); err != nil {
+		t.Fatalf("complete with the new token: %v", err)
+	}
+	wantCode(t, e.completeOrch(ctx, done, old), codes.NotFound, "retry with the stale token")
+	if vs := e.srv.Violations(); !hasViolation(vs, "retried after NotFound") {
+		t.Fatalf("retrying a NotFound token must be a violation; got:\n%s", strings.Join(vs, "\n"))
+	}
+	s := e.srv.Stats()
+	if s.Redelivered != 1 || s.StaleCompletions != 2 || s.Completed != 1 || s.Requeued != 1 {
+		t.Errorf("stats: %+v", s)
+	}
+	if st := getInstance(t, clientCtx(ctx), e.conn, "WaitForInstanceCompletion", "inst-d"); st.OrchestrationState.OrchestrationStatus != "ORCHESTRATION_STATUS_COMPLETED" {
+		t.Errorf("instance: %+v", st)
+	}
+}
+
+// (e) health pings arrive on an idle stream.
+func TestHealthPings(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{PingInterval: 20 * time.Millisecond})
+	ctx := testCtx(t)
+	cs := e.openStream(ctx, 1, 1)
+	for i := 0; i < 3; i++ {
+		wi := NewMessage("WorkItem")
+		if err := cs.RecvMsg(wi); err != nil {
+			t.Fatal(err)
+		}
+		if !IsHealthPing(wi) {
+			t.Fatalf("message %d is not a health ping: %v (unknown %x)", i, wi, wi.ProtoReflect().GetUnknown())
+		}
+	}
+	if s := e.srv.Stats(); s.Pings < 3 {
+		t.Errorf("Stats.Pings = %d", s.Pings)
+	}
+}
+
+// (f) oversized payloads and messages are refused and recorded.
+func TestOversized(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{})
+	ctx := testCtx(t)
+	big := `"` + strings.Repeat("x", DefaultMaxPayloadBytes) + `"`
+	wantCode(t, e.startInstance(ctx, "inst-big", big), codes.InvalidArgument, "StartInstance with a >1 MiB input")
+	huge := `"` + strings.Repeat("x", DefaultMaxMessageBytes) + `"`
+	err := e.startInstance(ctx, "inst-huge", huge)
+	wantCode(t, err, codes.ResourceExhausted, "StartInstance with a >4 MiB message")
+	if !strings.Contains(status.Convert(err).Message(), "received message larger than max") {
+		t.Errorf("message: %v", err)
+	}
+	if st := getInstance(t, clientCtx(ctx), e.conn, "GetInstance", "inst-big"); st.Exists {
+		t.Error("a refused StartInstance reached the sidecar")
+	}
+
+	// An oversized completion is refused before the token is looked at; the token stays valid.
+	cs := e.openStream(ctx, 1, 1)
+	if err := e.startInstance(ctx, "inst-f", `null`); err != nil {
+		t.Fatal(err)
+	}
+	token := WorkItemToken(recvWork(t, cs))
+	wantCode(t, e.completeOrch(ctx, completeOrchestrationJSON("inst-f", big), token), codes.InvalidArgument, "completion with a >1 MiB result")
+	if err := e.completeOrch(ctx, completeOrchestrationJSON("inst-f", `"small"`), token); err != nil {
+		t.Fatalf("completion after the refused one: %v", err)
+	}
+	vs := e.srv.Violations()
+	for _, want := range [][]string{
+		{"StartInstance", "payload input"},
+		{"StartInstance", "request message is"},
+		{"CompleteOrchestratorTask", "actions[0].completeOrchestration.result"},
+	} {
+		if !hasViolation(vs, want...) {
+			t.Errorf("no violation matching %q in:\n%s", want, strings.Join(vs, "\n"))
+		}
+	}
+	if s := e.srv.Stats(); s.LargestRequestBytes <= DefaultMaxMessageBytes {
+		t.Errorf("LargestRequestBytes = %d", s.LargestRequestBytes)
+	}
+}
+
+// Activities, abandon and history streaming, through a two-turn orchestration.
+func TestActivityAbandonAndHistoryStreaming(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{HistoryStreamingEvents: 1, HistoryChunkEvents: 2})
+	ctx := testCtx(t)
+	cs := e.openStream(ctx, 2, 2, CapabilityHistoryStreaming)
+	if err := e.startInstance(ctx, "inst-h", `"in"`); err != nil {
+		t.Fatal(err)
+	}
+
+	// Turn 1: schedule one activity.
+	wi := recvWork(t, cs)
+	if orchInstance(wi) != "inst-h" || RequiresHistoryStreaming(wi) {
+		t.Fatalf("turn 1: %v", wi)
+	}
+	schedule := `{"instanceId":"inst-h","actions":[{"id":0,"scheduleTask":{"name":"act","input":"\"a\""}}]}`
+	if err := e.completeOrch(ctx, schedule, WorkItemToken(wi)); err != nil {
+		t.Fatal(err)
+	}
+
+	// The activity: abandon it once, then complete the redelivery.
+	act := recvWork(t, cs)
+	if kind, iid, tid := describeWorkItem(act); kind != kindActivity || iid != "inst-h" || tid != 0 {
+		t.Fatalf("activity work item: %v", act)
+	}
+	a1 := WorkItemToken(act)
+	wantCode(t, e.abandon(ctx, "AbandonTaskOrchestratorWorkItem", a1), codes.NotFound, "abandoning an activity token as an orchestration")
+	abandonedAt := time.Now()
+	if err := e.abandon(ctx, "AbandonTaskActivityWorkItem", a1); err != nil {
+		t.Fatalf("abandon: %v", err)
+	}
+	act2 := recvWork(t, cs)
+	if d := time.Since(abandonedAt); d < AbandonRedeliveryDelay/2 {
+		t.Errorf("redelivered %v after the abandon", d)
+	}
+	a2 := WorkItemToken(act2)
+	if a2 == a1 || a2 == "" {
+		t.Fatalf("redelivered activity token %q (old %q)", a2, a1)
+	}
+	wantCode(t, e.abandon(ctx, "AbandonTaskActivityWorkItem", a1), codes.NotFound, "abandon with a stale token")
+	if err := e.completeActivity(ctx, "inst-h", 0, `"r"`, a2); err != nil {
+		t.Fatalf("complete activity: %v", err)
+	}
+	if got := e.srv.ActivityCompletions(); got["inst-h/0"] != 1 || len(got) != 1 {
+		t.Errorf("ActivityCompletions = %v", got)
+	}
+
+	// Turn 2: its past events are over the threshold, so they are withheld.
+	wi = recvWork(t, cs)
+	if orchInstance(wi) != "inst-h" || !RequiresHistoryStreaming(wi) || len(pastEvents(wi)) != 0 {
+		t.Fatalf("turn 2 should come without pastEvents and requiresHistoryStreaming: %v", wi)
+	}
+	history := func(instanceID string, forWIP bool) ([]int, int, error) {
+		req := &emptypb.Empty{}
+		AppendUnknownString(req, FieldSIHInstanceID, instanceID)
+		if forWIP {
+			AppendUnknownVarint(req, FieldSIHForWorkItemProcessing, 1)
+		}
+		hs, err := e.conn.NewStream(workerCtx(ctx), &grpc.StreamDesc{ServerStreams: true}, servicePrefix+"StreamInstanceHistory")
+		if err != nil {
+			return nil, 0, err
+		}
+		if err := hs.SendMsg(req); err != nil {
+			return nil, 0, err
+		}
+		_ = hs.CloseSend()
+		var sizes []int
+		started := 0
+		for {
+			chunk := &emptypb.Empty{}
+			if err := hs.RecvMsg(chunk); err != nil {
+				if errors.Is(err, io.EOF) {
+					return sizes, started, nil
+				}
+				return sizes, started, err
+			}
+			evs, err := DecodeHistoryChunk(chunk)
+			if err != nil {
+				return nil, 0, err
+			}
+			sizes = append(sizes, len(evs))
+			for _, ev := range evs {
+				if ev.GetExecutionStarted().GetName() == "orch" {
+					started++
+				}
+			}
+		}
+	}
+	_, _, err := history("no-such-instance", true)
+	wantCode(t, err, codes.NotFound, "history of an unknown instance")
+	sizes, started, err := history("inst-h", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, n := range sizes {
+		if n < 1 || n > 2 {
+			t.Errorf("chunk sizes %v: want 1..2 events each", sizes)
+		}
+		total += n
+	}
+	if total < 2 || started != 1 {
+		t.Fatalf("streamed history: chunks %v, %d ExecutionStarted", sizes, started)
+	}
+	if _, _, err := history("inst-h", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.completeOrch(ctx, completeOrchestrationJSON("inst-h", `"done"`), WorkItemToken(wi)); err != nil {
+		t.Fatal(err)
+	}
+	if st := getInstance(t, clientCtx(ctx), e.conn, "WaitForInstanceCompletion", "inst-h"); st.OrchestrationState.Output != `"done"` {
+		t.Errorf("instance: %+v", st)
+	}
+	vs := e.srv.Violations()
+	if !hasViolation(vs, "AbandonTaskOrchestratorWorkItem", "activity work item inst-h/0") ||
+		!hasViolation(vs, "StreamInstanceHistory", "forWorkItemProcessing") || len(vs) != 2 {
+		t.Errorf("violations:\n%s", strings.Join(vs, "\n"))
+	}
+	s := e.srv.Stats()
+	if s.Abandoned != 1 || s.HistoryWithheld != 1 || s.HistoryStreams != 2 || s.Completed != 3 || s.StaleCompletions != 1 {
+		t.Errorf("stats: %+v", s)
+	}
+}
+
+// DropFirstStreamAfter ends the first stream with Unavailable; its item is redelivered.
+func TestDropFirstStream(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{DropFirstStreamAfter: 1})
+	ctx := testCtx(t)
+	a := e.openStream(ctx, 1, 1)
+	if err := e.startInstance(ctx, "inst-x", `null`); err != nil {
+		t.Fatal(err)
+	}
+	old := WorkItemToken(recvWork(t, a))
+	wantCode(t, a.RecvMsg(NewMessage("WorkItem")), codes.Unavailable, "first stream after one work item")
+	b := e.openStream(ctx, 1, 1)
+	wi := recvWork(t, b)
+	if orchInstance(wi) != "inst-x" || WorkItemToken(wi) == old {
+		t.Fatalf("redelivery: %v", wi)
+	}
+	done := completeOrchestrationJSON("inst-x", `1`)
+	wantCode(t, e.completeOrch(ctx, done, old), codes.NotFound, "token from the dropped stream")
+	if err := e.completeOrch(ctx, done, WorkItemToken(wi)); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.srv.Stats(); s.DroppedStreams != 1 || s.Redelivered != 1 || s.StreamsOpened != 2 {
+		t.Errorf("stats: %+v", s)
+	}
+	if vs := e.srv.Violations(); len(vs) != 0 {
+		t.Errorf("violations:\n%s", strings.Join(vs, "\n"))
+	}
+}
+
+// The upstream sidecar restarts (file DB, fixed port): items leased from the old upstream stream
+// become NotFound, the server reopens its upstream stream, and new work flows on the same worker stream.
+func TestUpstreamRestart(t *testing.T) {
+	t.Parallel()
+	port := FreePort(t)
+	db := filepath.Join(t.TempDir(), "hub.db")
+	addr, stop := StartSidecar(t, port, db)
+	e := newEnvUpstream(t, Options{}, addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	ctx := testCtx(t)
+	cs := e.openStream(ctx, 1, 1)
+	if err := e.startInstance(ctx, "inst-r1", `null`); err != nil {
+		t.Fatal(err)
+	}
+	old := WorkItemToken(recvWork(t, cs))
+	stop()
+	for e.srv.Stats().UpstreamDropped == 0 {
+		if ctx.Err() != nil {
+			t.Fatal("the server did not notice the upstream stream ending")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	wantCode(t, e.completeOrch(ctx, completeOrchestrationJSON("inst-r1", `1`), old), codes.NotFound, "token leased from the dead upstream")
+
+	StartSidecar(t, port, db)
+	for {
+		err := e.startInstance(ctx, "inst-r2", `null`)
+		if err == nil {
+			break
+		}
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			t.Fatalf("StartInstance after the restart: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// inst-r1 stays locked in the SQLite file for the sidecar's 2-minute lock timeout, so the
+	// next item on the worker stream is inst-r2.
+	wi := recvWork(t, cs)
+	if orchInstance(wi) != "inst-r2" {
+		t.Fatalf("after restart: %v", wi)
+	}
+	if err := e.completeOrch(ctx, completeOrchestrationJSON("inst-r2", `2`), WorkItemToken(wi)); err != nil {
+		t.Fatal(err)
+	}
+	if st := getInstance(t, clientCtx(ctx), e.conn, "WaitForInstanceCompletion", "inst-r2"); st.OrchestrationState.Output != "2" {
+		t.Errorf("inst-r2: %+v", st)
+	}
+	if st := getInstance(t, clientCtx(ctx), e.conn, "GetInstance", "inst-r1"); !st.Exists {
+		t.Errorf("inst-r1 did not survive the restart: %+v", st)
+	}
+	if s := e.srv.Stats(); s.UpstreamStreams < 2 || s.StaleCompletions != 1 {
+		t.Errorf("stats: %+v", s)
+	}
+}
+
+// TLS and a bearer token together.
+func TestTLS(t *testing.T) {
+	t.Parallel()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	addr, _ := StartSidecar(t, 0, "")
+	e := newEnvUpstream(t, Options{
+		TLS:   &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}},
+		Token: func(tok string) bool { return tok == "t0k" },
+	}, addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool})))
+	ctx := testCtx(t)
+	if err := e.startInstance(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer t0k"), "inst-tls", `null`); err != nil {
+		t.Fatalf("StartInstance over TLS: %v", err)
+	}
+	wantCode(t, e.startInstance(ctx, "inst-tls2", `null`), codes.Unauthenticated, "StartInstance over TLS without a token")
+
+	plain, err := grpc.Dial(e.srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	err = plain.Invoke(clientCtx(ctx, "authorization", "Bearer t0k"), servicePrefix+"Hello", &emptypb.Empty{}, &emptypb.Empty{})
+	wantCode(t, err, codes.Unavailable, "plaintext call to a TLS server")
+}

@@ -1,0 +1,36 @@
+package taskhub
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/backend"
+	"github.com/rs/zerolog"
+)
+
+// hubExecutor runs the app's orchestrators and activities for either
+// backend. Activities run under the hub's work context, which is cancelled
+// only when the shutdown grace period ends, not when the item's fetching
+// stops; and with a logger in their context that carries the orchestration's
+// instance id, which activities are not told otherwise.
+type hubExecutor struct {
+	backend.Executor
+	log  zerolog.Logger
+	work context.Context
+}
+
+func (x hubExecutor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) (*backend.HistoryEvent, error) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(x.work, cancel)
+	defer stop()
+	log := x.log.With().Str("instanceId", string(id)).Str("activity", e.GetTaskScheduled().GetName()).Logger()
+	result, err := x.Executor.ExecuteActivity(log.WithContext(ctx), id, e)
+	if ctx.Err() != nil {
+		// Stopped by shutdown: an error, so the item is handed back rather
+		// than its cancellation recorded as the item's failure.
+		return nil, fmt.Errorf("activity stopped by shutdown: %w", ctx.Err())
+	}
+	return result, err
+}

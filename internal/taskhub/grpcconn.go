@@ -1,0 +1,171 @@
+package taskhub
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"fanoutfanin/internal/config"
+)
+
+const (
+	// maxReceiveBytes raises gRPC's 4 MiB default: a work item carries the
+	// orchestration's history. (Microsoft's Go SDK uses the same.)
+	maxReceiveBytes = 64 << 20
+
+	// tokenRefreshMargin: a token is replaced this long before it expires,
+	// so no call carries one that expires in flight.
+	tokenRefreshMargin = 5 * time.Minute
+)
+
+// Roles in the x-user-agent header, as the official SDKs send them.
+const (
+	roleWorker = "DurableTaskWorker"
+	roleClient = "DurableTaskClient"
+)
+
+// dial opens a connection to the scheduler for one role. Every call on it
+// carries the task hub, the user agent and, with a credential, a bearer
+// token. The connection is made lazily and remade on failure, so dial does
+// not fail when the scheduler is down.
+func dial(s *config.Scheduler, hub, role string, token credentials.PerRPCCredentials) (*grpc.ClientConn, error) {
+	transport := insecure.NewCredentials()
+	if s.TLS {
+		transport = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, ServerName: s.Host})
+	}
+	md := metadata.Pairs("taskhub", hub, "x-user-agent", userAgent(role))
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(transport),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxReceiveBytes)),
+		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			return invoker(metadata.NewOutgoingContext(ctx, withMetadata(ctx, md)), method, req, reply, cc, opts...)
+		}),
+		grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			return streamer(metadata.NewOutgoingContext(ctx, withMetadata(ctx, md)), desc, cc, method, opts...)
+		}),
+		// gRPC's own reconnect backoff grows to 2 minutes; a scheduler that
+		// comes back should be used within seconds.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 10 * time.Second},
+			MinConnectTimeout: 20 * time.Second,
+		}),
+	}
+	if token != nil {
+		opts = append(opts, grpc.WithPerRPCCredentials(token))
+	}
+	return grpc.Dial(s.Address, opts...)
+}
+
+// withMetadata adds md to what ctx already sends.
+func withMetadata(ctx context.Context, md metadata.MD) metadata.MD {
+	out, _ := metadata.FromOutgoingContext(ctx)
+	return metadata.Join(out, md)
+}
+
+// userAgent is sent as x-user-agent: gRPC reserves user-agent for itself.
+func userAgent(role string) string {
+	version := "dev"
+	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" && info.Main.Version != "(devel)" {
+		version = info.Main.Version
+	}
+	return fmt.Sprintf("fanoutfanin/%s (%s)", version, role)
+}
+
+// newWorkerID names this worker process to the scheduler as the official
+// SDKs do: host, process id and a random id.
+func newWorkerID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	return strings.Join([]string{host, strconv.Itoa(os.Getpid()), strings.ReplaceAll(uuid.NewString(), "-", "")}, ",")
+}
+
+// newCredential returns the Azure credential the connection string asks
+// for, or nil for Authentication=None.
+func newCredential(s *config.Scheduler) (azcore.TokenCredential, error) {
+	switch s.Auth {
+	case config.AuthNone:
+		return nil, nil
+	case config.AuthDefaultAzure:
+		return azidentity.NewDefaultAzureCredential(nil)
+	case config.AuthManagedIdentity:
+		var opts *azidentity.ManagedIdentityCredentialOptions
+		if s.ClientID != "" {
+			opts = &azidentity.ManagedIdentityCredentialOptions{ID: azidentity.ClientID(s.ClientID)}
+		}
+		return azidentity.NewManagedIdentityCredential(opts)
+	case config.AuthWorkloadIdentity:
+		return azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{
+			ClientID: s.ClientID, TenantID: s.TenantID, TokenFilePath: s.TokenFilePath,
+		})
+	case config.AuthEnvironment:
+		return azidentity.NewEnvironmentCredential(nil)
+	case config.AuthAzureCLI:
+		return azidentity.NewAzureCLICredential(nil)
+	}
+	return nil, fmt.Errorf("authentication %q is not supported", s.Auth)
+}
+
+// bearer puts a scheduler token on every call. It keeps the token until it
+// comes within tokenRefreshMargin of expiring, and one caller at a time
+// fetches a new one while the others wait for it.
+type bearer struct {
+	cred azcore.TokenCredential
+	now  func() time.Time
+
+	mu    sync.Mutex
+	token azcore.AccessToken
+}
+
+func newBearer(cred azcore.TokenCredential) *bearer {
+	return &bearer{cred: cred, now: time.Now}
+}
+
+func (b *bearer) GetRequestMetadata(ctx context.Context, _ ...string) (map[string]string, error) {
+	token, err := b.get(ctx)
+	if err != nil {
+		// Unavailable: the caller retries, as it does when the scheduler is
+		// down, and a credential that starts working is picked up.
+		return nil, status.Errorf(codes.Unavailable, "getting a token for the scheduler: %v", err)
+	}
+	return map[string]string{"authorization": "Bearer " + token}, nil
+}
+
+// RequireTransportSecurity: a token never travels in clear.
+func (b *bearer) RequireTransportSecurity() bool { return true }
+
+func (b *bearer) get(ctx context.Context) (string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	fresh := b.token.Token != "" && now.Add(tokenRefreshMargin).Before(b.token.ExpiresOn) &&
+		(b.token.RefreshOn.IsZero() || now.Before(b.token.RefreshOn))
+	if fresh {
+		return b.token.Token, nil
+	}
+	token, err := b.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{config.TokenScope}})
+	if err != nil {
+		return "", err
+	}
+	b.token = token
+	return token.Token, nil
+}

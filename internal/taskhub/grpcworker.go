@@ -1,0 +1,478 @@
+package taskhub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/backend"
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// Limits of the Durable Task Scheduler. A message it refuses would be
+// refused again on every redelivery, so the worker never sends one.
+const (
+	// MaxPayloadBytes bounds each payload: an orchestration's input, output
+	// and custom status, an activity's input and result, an event's data.
+	MaxPayloadBytes = 1 << 20
+	// maxCompletionBytes bounds a whole completion message; the official
+	// SDKs keep this much below DTS's 4 MB message limit.
+	maxCompletionBytes = 4_089_446
+)
+
+// Timings of the work-item stream, as the official SDKs use them.
+const (
+	helloTimeout       = 30 * time.Second
+	silentTimeout      = 120 * time.Second // no message, not even a health ping: the stream is dead
+	reconnectBase      = time.Second
+	reconnectMax       = 30 * time.Second
+	completionAttempts = 5
+	completionBackoff  = 200 * time.Millisecond
+	completionTimeout  = 30 * time.Second
+)
+
+type workKind string
+
+const (
+	orchestrationWork workKind = "orchestration"
+	activityWork      workKind = "activity"
+	entityWork        workKind = "entity"
+)
+
+var abandonMethods = map[workKind]string{
+	orchestrationWork: method("AbandonTaskOrchestratorWorkItem"),
+	activityWork:      method("AbandonTaskActivityWorkItem"),
+	entityWork:        method("AbandonTaskEntityWorkItem"),
+}
+
+// grpcWorker runs orchestrators and activities for a durabletask gRPC
+// backend (the Durable Task Scheduler, or the durabletask sidecar). It keeps
+// one work-item stream open, reconnecting whenever it ends, runs each item in
+// its own goroutine within the host.json limits, and completes it with the
+// completion token it came with.
+type grpcWorker struct {
+	conn     *grpc.ClientConn
+	exec     backend.Executor
+	log      zerolog.Logger
+	endpoint string // scheduler host, for messages
+	workerID string
+
+	maxOrchestrations, maxActivities  int
+	orchestrationSlots, activitySlots chan struct{}
+
+	// Changed only by tests.
+	silentTimeout time.Duration
+	reconnectBase time.Duration
+
+	// intake ends when the worker starts stopping: no reconnects, no new
+	// items. leases ends when it has stopped: closing the stream hands the
+	// scheduler back whatever is still leased on it. work ends at the close
+	// of the shutdown grace period, cancelling activities still running.
+	intake, leases          context.Context
+	stopIntake, stopLeases  context.CancelFunc
+	stopWork                context.CancelFunc
+	mu                      sync.Mutex // guards stopping and inflight.Add
+	stopping                bool
+	inflight                sync.WaitGroup
+	done                    chan struct{}
+	noAbandon, noStreamHist atomic.Bool // the backend lacks these RPCs; said once
+	outage, everConnected   bool        // run's own: an outage is logged once
+}
+
+func newGRPCWorker(conn *grpc.ClientConn, exec backend.Executor, stopWork context.CancelFunc, log zerolog.Logger, endpoint string, maxOrchestrations, maxActivities int) *grpcWorker {
+	w := &grpcWorker{
+		conn: conn, exec: exec, log: log, endpoint: endpoint, workerID: newWorkerID(),
+		maxOrchestrations: maxOrchestrations, maxActivities: maxActivities,
+		orchestrationSlots: make(chan struct{}, maxOrchestrations),
+		activitySlots:      make(chan struct{}, maxActivities),
+		silentTimeout:      silentTimeout,
+		reconnectBase:      reconnectBase,
+		stopWork:           stopWork,
+		done:               make(chan struct{}),
+	}
+	w.leases, w.stopLeases = context.WithCancel(context.Background())
+	w.intake, w.stopIntake = context.WithCancel(w.leases)
+	return w
+}
+
+// start runs the worker until stop.
+func (w *grpcWorker) start() {
+	go func() {
+		defer close(w.done)
+		w.run()
+	}()
+}
+
+// stop stops taking work, lets the items in flight finish until ctx ends
+// while their stream stays open, hands back what is left, then closes the
+// stream.
+func (w *grpcWorker) stop(ctx context.Context) error {
+	w.mu.Lock()
+	w.stopping = true
+	w.mu.Unlock()
+	w.stopIntake()
+
+	finished := make(chan struct{})
+	go func() {
+		w.inflight.Wait()
+		close(finished)
+	}()
+	var err error
+	select {
+	case <-finished:
+	case <-ctx.Done():
+		// Cancel the activities still running; each is handed back.
+		w.stopWork()
+		select {
+		case <-finished:
+		case <-time.After(time.Second): // closing the stream hands back the rest
+		}
+		err = fmt.Errorf("work still running when the shutdown grace period ended was handed back: %w", ctx.Err())
+	}
+	w.stopLeases()
+	<-w.done
+	return err
+}
+
+// run keeps a work-item stream open until the worker stops, reconnecting
+// with jittered exponential backoff whenever the stream ends, whatever the
+// reason: DTS ends streams to rebalance, to restart, or when a token expires.
+func (w *grpcWorker) run() {
+	attempt := 0
+	for {
+		connected, delivered, err := w.session()
+		if w.intake.Err() != nil {
+			return
+		}
+		if delivered {
+			attempt = 0
+		}
+		switch {
+		case connected:
+			w.log.Info().Err(err).Str("scheduler", w.endpoint).Msg("work-item stream ended; reconnecting")
+		case !w.outage:
+			w.outage = true
+			w.log.Warn().Err(err).Str("scheduler", w.endpoint).Msg("cannot reach the scheduler; retrying until it answers")
+		default:
+			w.log.Debug().Err(err).Str("scheduler", w.endpoint).Msg("still cannot reach the scheduler")
+		}
+		// Full jitter, so that many workers do not reconnect in step.
+		ceiling := min(reconnectMax, w.reconnectBase<<min(attempt, 10))
+		attempt++
+		sleep(w.intake, rand.N(ceiling)+time.Millisecond)
+	}
+}
+
+var errSilent = errors.New("no message from the scheduler, not even a health ping, for too long")
+
+// session says hello, opens one work-item stream and runs what it
+// delivers until it ends. connected reports whether the scheduler answered,
+// delivered whether the stream brought anything.
+func (w *grpcWorker) session() (connected, delivered bool, err error) {
+	ctx, cancel := context.WithCancelCause(w.leases)
+	defer cancel(nil)
+
+	hello, helloDone := context.WithTimeout(ctx, helloTimeout)
+	err = w.conn.Invoke(hello, method("Hello"), &emptypb.Empty{}, &emptypb.Empty{})
+	helloDone()
+	if err != nil {
+		return false, false, fmt.Errorf("hello: %w", err)
+	}
+	if w.outage || !w.everConnected {
+		w.log.Info().Str("scheduler", w.endpoint).Str("workerId", w.workerID).
+			Int("maxConcurrentOrchestrations", w.maxOrchestrations).Int("maxConcurrentActivities", w.maxActivities).
+			Msg("connected to the scheduler")
+		w.outage, w.everConnected = false, true
+	}
+
+	stream, err := w.conn.NewStream(metadata.AppendToOutgoingContext(ctx, "workerid", w.workerID),
+		&grpc.StreamDesc{ServerStreams: true}, method("GetWorkItems"))
+	if err != nil {
+		return true, false, fmt.Errorf("opening the work-item stream: %w", err)
+	}
+	if err := stream.SendMsg(getWorkItemsRequest(w.maxOrchestrations, w.maxActivities)); err != nil {
+		return true, false, fmt.Errorf("asking for work items: %w", err)
+	}
+	if err := stream.CloseSend(); err != nil {
+		return true, false, fmt.Errorf("asking for work items: %w", err)
+	}
+
+	silent := time.AfterFunc(w.silentTimeout, func() { cancel(errSilent) })
+	defer silent.Stop()
+	for {
+		item := newMessage("WorkItem")
+		err := stream.RecvMsg(item)
+		if err != nil {
+			if cause := context.Cause(ctx); errors.Is(cause, errSilent) {
+				err = cause
+			}
+			if err == io.EOF {
+				err = errors.New("the scheduler closed the stream")
+			}
+			return true, delivered, err
+		}
+		delivered = true
+		silent.Reset(w.silentTimeout)
+		w.dispatch(item)
+	}
+}
+
+// Work items as v0.6.0's generated types have them (reached through their
+// methods, since the types themselves are internal to it).
+type orchestratorRequest interface {
+	proto.Message
+	GetInstanceId() string
+	GetExecutionId() *wrapperspb.StringValue
+	GetPastEvents() []*backend.HistoryEvent
+	GetNewEvents() []*backend.HistoryEvent
+}
+
+type activityRequest interface {
+	proto.Message
+	GetName() string
+	GetInput() *wrapperspb.StringValue
+	GetTaskId() int32
+}
+
+// dispatch starts work on one item, or hands it straight back when the
+// worker is stopping. Health pings need nothing: their arrival was enough.
+func (w *grpcWorker) dispatch(item proto.Message) {
+	token := unknownString(item, fieldWorkItemToken)
+	f := fieldsOf(item)
+	var kind workKind
+	var run func()
+	switch {
+	case f.has("orchestratorRequest"):
+		req := f.msg("orchestratorRequest").m.Interface().(orchestratorRequest)
+		kind, run = orchestrationWork, func() { w.runOrchestrator(req, token) }
+	case f.has("activityRequest"):
+		req := f.msg("activityRequest").m.Interface().(activityRequest)
+		kind, run = activityWork, func() { w.runActivity(req, token) }
+	case hasUnknown(item, fieldWorkItemHealthPing):
+		return
+	case f.has("entityRequest") || hasUnknown(item, fieldWorkItemEntityV2):
+		// This app defines no entities; another app on the same task hub may.
+		w.log.Warn().Msg("received an entity work item, which this app cannot run; handing it back")
+		w.abandon(entityWork, token)
+		return
+	default:
+		w.log.Warn().Msg("received a work item of an unknown kind; ignoring it")
+		return
+	}
+
+	w.mu.Lock()
+	if w.stopping {
+		w.mu.Unlock()
+		w.abandon(kind, token)
+		return
+	}
+	w.inflight.Add(1)
+	w.mu.Unlock()
+	go func() {
+		defer w.inflight.Done()
+		run()
+	}()
+}
+
+// acquire takes one of slots, or fails when the worker starts stopping
+// first. The scheduler sends no more than the limits asked for; this holds
+// them whatever a backend does.
+func (w *grpcWorker) acquire(slots chan struct{}) bool {
+	select {
+	case slots <- struct{}{}:
+		return true
+	case <-w.intake.Done():
+		return false
+	}
+}
+
+func (w *grpcWorker) runOrchestrator(req orchestratorRequest, token string) {
+	if !w.acquire(w.orchestrationSlots) {
+		w.abandon(orchestrationWork, token)
+		return
+	}
+	defer func() { <-w.orchestrationSlots }()
+	id := api.InstanceID(req.GetInstanceId())
+	log := w.log.With().Str("instanceId", string(id)).Logger()
+
+	past := req.GetPastEvents()
+	if unknownBool(req, fieldOrchestratorNeedHistory) {
+		var err error
+		if past, err = w.streamHistory(id, req.GetExecutionId()); err != nil {
+			log.Warn().Err(err).Msg("fetching the orchestration's history failed; handing the work item back")
+			w.abandon(orchestrationWork, token)
+			return
+		}
+	}
+	results, err := w.exec.ExecuteOrchestrator(w.leases, id, past, req.GetNewEvents())
+	if err != nil {
+		log.Warn().Err(err).Msg("running the orchestrator failed; handing the work item back")
+		w.abandon(orchestrationWork, token)
+		return
+	}
+	res := results.Response
+	if size, path := largestPayload(res); size > MaxPayloadBytes {
+		msg := fmt.Sprintf("the orchestrator produced a %d-byte payload (%s), over the scheduler's limit of %d bytes per payload: pass less data between steps, for example fewer or smaller work items per orchestration", size, path, MaxPayloadBytes)
+		log.Error().Msg(msg)
+		failOrchestration(res, "PayloadTooLarge", msg)
+	} else if size := proto.Size(res); size > maxCompletionBytes {
+		msg := fmt.Sprintf("the orchestrator's step is %d bytes, over the scheduler's limit of %d bytes per step: schedule fewer activities at once, for example by splitting the work items over several orchestrations", size, maxCompletionBytes)
+		log.Error().Msg(msg)
+		failOrchestration(res, "OrchestratorResponseTooLarge", msg)
+	}
+	w.complete(orchestrationWork, method("CompleteOrchestratorTask"), res, fieldOrchestratorRespToken, token, log)
+}
+
+func (w *grpcWorker) runActivity(req activityRequest, token string) {
+	if !w.acquire(w.activitySlots) {
+		w.abandon(activityWork, token)
+		return
+	}
+	defer func() { <-w.activitySlots }()
+	id := api.InstanceID(fieldsOf(req).msg("orchestrationInstance").str("instanceId"))
+	taskID := req.GetTaskId()
+	log := w.log.With().Str("instanceId", string(id)).Str("activity", req.GetName()).Int32("taskId", taskID).Logger()
+
+	outcome, err := w.exec.ExecuteActivity(w.leases, id, taskScheduledEvent(taskID, req.GetName(), req.GetInput()))
+	if err != nil {
+		// Stopped by shutdown: hand it back rather than record a failure.
+		log.Info().Err(err).Msg("activity not finished; handing it back")
+		w.abandon(activityWork, token)
+		return
+	}
+	res := activityResponse(id, taskID, outcome)
+	if size := len(outcome.GetTaskCompleted().GetResult().GetValue()); size > MaxPayloadBytes {
+		msg := fmt.Sprintf("activity %s returned %d bytes, over the scheduler's limit of %d bytes per payload", req.GetName(), size, MaxPayloadBytes)
+		log.Error().Msg(msg)
+		res = failedActivityResponse(id, taskID, "PayloadTooLarge", msg)
+	}
+	w.complete(activityWork, method("CompleteActivityTask"), res, fieldActivityRespToken, token, log)
+}
+
+// complete sends a finished item's result with its completion token. A
+// NotFound answer means the item is no longer ours (its stream ended, and it
+// was or will be delivered again): that is dropped, not retried. Other
+// transient failures are retried a few times, then the item is handed back.
+func (w *grpcWorker) complete(kind workKind, rpc string, res proto.Message, tokenField protowire.Number, token string, log zerolog.Logger) {
+	if token != "" {
+		appendUnknown(res, appendString(nil, tokenField, token))
+	}
+	delay := completionBackoff
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(w.leases, completionTimeout)
+		err := w.conn.Invoke(ctx, rpc, res, newMessage("CompleteTaskResponse"))
+		cancel()
+		code := status.Code(err)
+		switch {
+		case err == nil:
+			return
+		case code == codes.NotFound:
+			log.Info().Str("work", string(kind)).Msg("the scheduler no longer holds this work item (its stream ended); it is delivered again, so this result is dropped")
+			return
+		case transient(err) && attempt < completionAttempts && w.leases.Err() == nil:
+			log.Debug().Err(err).Int("attempt", attempt).Msg("completing the work item failed; retrying")
+			sleep(w.leases, delay)
+			delay *= 2
+			continue
+		}
+		log.Warn().Err(err).Str("work", string(kind)).Msg("completing the work item failed; handing it back")
+		w.abandon(kind, token)
+		return
+	}
+}
+
+// transient reports whether a failed call may succeed if made again.
+func transient(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Internal, codes.Unknown, codes.Aborted:
+		return true
+	case codes.ResourceExhausted:
+		return !strings.Contains(status.Convert(err).Message(), "larger than max")
+	}
+	return false
+}
+
+// abandon hands a work item back so that it is delivered again soon. A
+// backend without the abandon RPCs (the v0.6.0 sidecar) takes it back when
+// the stream closes instead.
+func (w *grpcWorker) abandon(kind workKind, token string) {
+	if token == "" || w.noAbandon.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(w.leases), completionTimeout)
+	defer cancel()
+	err := w.conn.Invoke(ctx, abandonMethods[kind], abandonRequest(token), &emptypb.Empty{})
+	switch status.Code(err) {
+	case codes.OK, codes.NotFound: // handed back, or no longer ours anyway
+	case codes.Unimplemented:
+		if !w.noAbandon.Swap(true) {
+			w.log.Info().Msg("the backend cannot take work items back; unfinished ones are delivered again when the work-item stream closes")
+		}
+	default:
+		w.log.Warn().Err(err).Str("work", string(kind)).Msg("handing a work item back failed; it is delivered again when the work-item stream closes")
+	}
+}
+
+// streamHistory fetches an orchestration's history, which the scheduler
+// leaves out of work items whose history is too large to send inline.
+func (w *grpcWorker) streamHistory(id api.InstanceID, executionID *wrapperspb.StringValue) ([]*backend.HistoryEvent, error) {
+	if w.noStreamHist.Load() {
+		return nil, errors.New("the backend cannot stream histories")
+	}
+	req, err := streamHistoryRequest(string(id), executionID)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(w.leases, w.silentTimeout)
+	defer cancel()
+	stream, err := w.conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, method("StreamInstanceHistory"))
+	if err != nil {
+		return nil, err
+	}
+	if err := stream.SendMsg(req); err != nil {
+		return nil, err
+	}
+	if err := stream.CloseSend(); err != nil {
+		return nil, err
+	}
+	var events []*backend.HistoryEvent
+	for {
+		chunk := &emptypb.Empty{}
+		err := stream.RecvMsg(chunk)
+		if err == io.EOF {
+			break
+		}
+		if status.Code(err) == codes.Unimplemented && !w.noStreamHist.Swap(true) {
+			w.log.Error().Msg("the backend asked this worker to fetch histories but cannot stream them")
+		}
+		if err != nil {
+			return nil, err
+		}
+		chunkEvents, err := historyChunkEvents(chunk)
+		if err != nil {
+			return nil, err
+		}
+		events = append(events, chunkEvents...)
+	}
+	for _, e := range events {
+		if e.GetExecutionStarted() != nil {
+			return events, nil
+		}
+	}
+	return nil, errors.New("the streamed history has no ExecutionStarted event")
+}

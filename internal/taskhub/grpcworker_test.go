@@ -1,0 +1,118 @@
+package taskhub
+
+import (
+	"context"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/microsoft/durabletask-go/task"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+
+	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/dtstest"
+)
+
+// startWorker runs a worker against srv, with the given silent timeout,
+// until the test ends.
+func startWorker(t *testing.T, srv *dtstest.Server, silent time.Duration) {
+	t.Helper()
+	s := &config.Scheduler{Endpoint: "http://" + srv.Addr(), Host: "127.0.0.1", Address: srv.Addr(), Auth: config.AuthNone}
+	conn, err := dial(s, "test", roleWorker, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	work, stopWork := context.WithCancel(context.Background())
+	exec := hubExecutor{Executor: task.NewTaskExecutor(task.NewTaskRegistry()), log: zerolog.Nop(), work: work}
+	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), s.Host, 2, 2)
+	w.silentTimeout = silent
+	w.reconnectBase = 10 * time.Millisecond
+	w.start()
+	t.Cleanup(func() {
+		w.stop(context.Background())
+		conn.Close()
+	})
+}
+
+// A stream on which nothing arrives for the silent timeout is taken for
+// dead and replaced; health pings count as something.
+func TestSilentStreamIsReplacedAndPingsKeepItAlive(t *testing.T) {
+	upstream, _ := dtstest.StartSidecar(t, 0, filepath.Join(t.TempDir(), "sidecar.sqlite"))
+	for _, tc := range []struct {
+		name        string
+		ping        time.Duration
+		wantStreams func(int) bool
+	}{
+		{"no pings", 0, func(n int) bool { return n >= 3 }},
+		{"pings", 50 * time.Millisecond, func(n int) bool { return n == 1 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, err := dtstest.Start(dtstest.Options{Upstream: upstream, TaskHub: "test", PingInterval: tc.ping})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			startWorker(t, srv, 300*time.Millisecond)
+			time.Sleep(1500 * time.Millisecond)
+			if n := len(srv.Streams()); !tc.wantStreams(n) {
+				t.Errorf("work-item streams opened in 1.5 s with a 300 ms silent timeout: %d", n)
+			}
+			for _, v := range srv.Violations() {
+				t.Errorf("protocol violation: %s", v)
+			}
+		})
+	}
+}
+
+// activityItem is an activity work item as a backend sends it.
+func activityItem(instanceID string, taskID int32, name string) proto.Message {
+	item := newMessage("WorkItem")
+	req := fieldsOf(item).mutable("activityRequest").set("name", name).set("taskId", taskID)
+	req.mutable("orchestrationInstance").set("instanceId", instanceID)
+	return item
+}
+
+// The worker runs no more activities at once than its limit, whatever the
+// backend sends it, and runs every one.
+func TestWorkerHoldsItsActivityLimit(t *testing.T) {
+	upstream, _ := dtstest.StartSidecar(t, 0, filepath.Join(t.TempDir(), "sidecar.sqlite"))
+	srv, err := dtstest.Start(dtstest.Options{Upstream: upstream, TaskHub: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	s := &config.Scheduler{Endpoint: "http://" + srv.Addr(), Host: "127.0.0.1", Address: srv.Addr(), Auth: config.AuthNone}
+	conn, err := dial(s, "test", roleWorker, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	var mu sync.Mutex
+	running, most, ran := 0, 0, 0
+	r := task.NewTaskRegistry()
+	r.AddActivityN("slow", func(task.ActivityContext) (any, error) {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		mu.Unlock()
+		time.Sleep(50 * time.Millisecond)
+		mu.Lock()
+		running--
+		ran++
+		mu.Unlock()
+		return nil, nil
+	})
+	work, stopWork := context.WithCancel(context.Background())
+	exec := hubExecutor{Executor: task.NewTaskExecutor(r), log: zerolog.Nop(), work: work}
+	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), s.Host, 1, 2)
+	for i := range 10 {
+		w.dispatch(activityItem("instance", int32(i), "slow"))
+	}
+	w.inflight.Wait()
+	if most != 2 || ran != 10 {
+		t.Errorf("ran %d activities, at most %d at once; want 10, at most 2", ran, most)
+	}
+}

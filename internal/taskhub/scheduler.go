@@ -1,0 +1,177 @@
+package taskhub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/backend"
+	"github.com/microsoft/durabletask-go/client"
+	"github.com/microsoft/durabletask-go/task"
+	"github.com/rs/zerolog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/logging"
+)
+
+// clientCallTimeout bounds each client call, so that an HTTP request finds
+// out quickly that the scheduler is not answering.
+const clientCallTimeout = 15 * time.Second
+
+// openScheduler connects to the Durable Task Scheduler, or any durabletask
+// gRPC backend, and starts a worker for it. It does not wait for the
+// scheduler: the worker keeps trying until it answers, and client calls made
+// meanwhile fail with an UnavailableError.
+func openScheduler(cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger) (*Hub, error) {
+	s := cfg.Scheduler
+	cred, err := newCredential(s)
+	if err != nil {
+		return nil, fmt.Errorf("%s: setting up Authentication=%s: %w", cfg.ConnectionSetting, s.Auth, err)
+	}
+	var token credentials.PerRPCCredentials // nil: Authentication=None
+	if cred != nil {
+		token = newBearer(cred)
+	}
+	// One connection per role, as each says who it is in its headers.
+	conns := make([]*grpc.ClientConn, 2)
+	for i, role := range []string{roleClient, roleWorker} {
+		if conns[i], err = dial(s, cfg.Name, role, token); err != nil {
+			for _, c := range conns[:i] {
+				c.Close()
+			}
+			return nil, fmt.Errorf("%s: connecting to %s: %w", cfg.ConnectionSetting, s.Host, err)
+		}
+	}
+	clientConn, workerConn := conns[0], conns[1]
+
+	workCtx, stopWork := context.WithCancel(context.Background())
+	exec := hubExecutor{Executor: task.NewTaskExecutor(registry), log: log, work: workCtx}
+	w := newGRPCWorker(workerConn, exec, stopWork, log.With().Str("component", "worker").Logger(), s.Host,
+		cfg.MaxConcurrentOrchestrations, cfg.MaxConcurrentActivities)
+	w.start()
+
+	log.Info().Str("backend", "scheduler").Str("taskHub", cfg.Name).Str("endpoint", s.Endpoint).Str("authentication", string(s.Auth)).
+		Int("maxConcurrentActivities", cfg.MaxConcurrentActivities).
+		Int("maxConcurrentOrchestrations", cfg.MaxConcurrentOrchestrations).
+		Msg("task hub open")
+
+	dtLog := logging.DurableTask{Log: log.With().Str("component", "durabletask").Logger()}
+	c := grpcClient{c: client.NewTaskHubGrpcClient(clientConn, dtLog), conn: clientConn, endpoint: s.Host, hub: cfg.Name}
+	closeHub := func(ctx context.Context) error {
+		err := w.stop(ctx)
+		stopWork()
+		return errors.Join(err, workerConn.Close(), clientConn.Close())
+	}
+	return &Hub{Client: c, MaxPayloadBytes: MaxPayloadBytes, close: closeHub}, nil
+}
+
+// UnavailableError says the scheduler could not be used: it is down or
+// unreachable, or it refused this app's credentials or task hub. The request
+// itself was fine and may succeed later.
+type UnavailableError struct {
+	Endpoint string // the scheduler's host
+	Reason   string
+	Err      error
+}
+
+func (e *UnavailableError) Error() string {
+	return fmt.Sprintf("the Durable Task Scheduler at %s %s: %v", e.Endpoint, e.Reason, e.Err)
+}
+
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// grpcClient is the client side of the gRPC backend.
+type grpcClient struct {
+	c        *client.TaskHubGrpcClient
+	conn     *grpc.ClientConn
+	endpoint string
+	hub      string
+}
+
+func (g grpcClient) ScheduleNewOrchestration(ctx context.Context, orchestrator string, opts ...api.NewOrchestrationOptions) (api.InstanceID, error) {
+	ctx, cancel := context.WithTimeout(ctx, clientCallTimeout)
+	defer cancel()
+	id, err := g.c.ScheduleNewOrchestration(ctx, orchestrator, opts...)
+	return id, g.unavailable(ctx, err)
+}
+
+// FetchOrchestrationMetadata calls GetInstance itself, always with
+// payloads: v0.6.0's client drops the failure details of a failed instance.
+func (g grpcClient) FetchOrchestrationMetadata(ctx context.Context, id api.InstanceID, _ ...api.FetchOrchestrationMetadataOptions) (*api.OrchestrationMetadata, error) {
+	ctx, cancel := context.WithTimeout(ctx, clientCallTimeout)
+	defer cancel()
+	req := newMessage("GetInstanceRequest")
+	fieldsOf(req).set("instanceId", string(id)).set("getInputsAndOutputs", true)
+	res := newMessage("GetInstanceResponse")
+	if err := g.conn.Invoke(ctx, method("GetInstance"), req, res); err != nil {
+		return nil, g.unavailable(ctx, fmt.Errorf("fetching instance %s: %w", id, err))
+	}
+	f := fieldsOf(res)
+	if !f.boolean("exists") {
+		return nil, api.ErrInstanceNotFound
+	}
+	st := f.msg("orchestrationState")
+	md := &api.OrchestrationMetadata{
+		InstanceID:             api.InstanceID(st.str("instanceId")),
+		Name:                   st.str("name"),
+		RuntimeStatus:          api.OrchestrationStatus(st.m.Get(st.fd("orchestrationStatus")).Enum()),
+		SerializedInput:        stringValue(st, "input"),
+		SerializedOutput:       stringValue(st, "output"),
+		SerializedCustomStatus: stringValue(st, "customStatus"),
+		CreatedAt:              timestamp(st, "createdTimestamp"),
+		LastUpdatedAt:          timestamp(st, "lastUpdatedTimestamp"),
+	}
+	if st.has("failureDetails") {
+		md.FailureDetails = st.msg("failureDetails").m.Interface().(*backend.TaskFailureDetails)
+	}
+	return md, nil
+}
+
+func stringValue(f fields, name protoreflect.Name) string {
+	if !f.has(name) {
+		return ""
+	}
+	return f.msg(name).m.Interface().(*wrapperspb.StringValue).GetValue()
+}
+
+func timestamp(f fields, name protoreflect.Name) time.Time {
+	if !f.has(name) {
+		return time.Time{}
+	}
+	return f.msg(name).m.Interface().(*timestamppb.Timestamp).AsTime()
+}
+
+// unavailable turns a failure to reach or use the scheduler into an
+// UnavailableError; other errors pass through.
+func (g grpcClient) unavailable(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	var reason string
+	switch status.Code(err) {
+	case codes.Unavailable:
+		reason = "is not answering"
+	case codes.DeadlineExceeded:
+		reason = "did not answer in time"
+	case codes.Unauthenticated, codes.PermissionDenied:
+		reason = "refused this app's credentials"
+	case codes.NotFound:
+		reason = fmt.Sprintf("does not know task hub %q", g.hub)
+	default:
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+			reason = "did not answer in time"
+		} else {
+			return err
+		}
+	}
+	return &UnavailableError{Endpoint: g.endpoint, Reason: reason, Err: err}
+}
