@@ -86,8 +86,7 @@ type grpcWorker struct {
 	intake, leases          context.Context
 	stopIntake, stopLeases  context.CancelFunc
 	stopWork                context.CancelFunc
-	mu                      sync.Mutex // guards stopping and inflight.Add
-	stopping                bool
+	mu                      sync.Mutex // orders inflight.Add before stop's Wait
 	inflight                sync.WaitGroup
 	done                    chan struct{}
 	noAbandon, noStreamHist atomic.Bool // the backend lacks these RPCs; said once
@@ -123,9 +122,8 @@ func (w *grpcWorker) start() {
 // stream.
 func (w *grpcWorker) stop(ctx context.Context) error {
 	w.mu.Lock()
-	w.stopping = true
-	w.mu.Unlock()
 	w.stopIntake()
+	w.mu.Unlock()
 
 	finished := make(chan struct{})
 	go func() {
@@ -276,7 +274,7 @@ func (w *grpcWorker) dispatch(item proto.Message) {
 	}
 
 	w.mu.Lock()
-	if w.stopping {
+	if w.intake.Err() != nil {
 		w.mu.Unlock()
 		w.abandon(kind, token)
 		return

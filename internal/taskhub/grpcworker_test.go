@@ -40,30 +40,35 @@ func startWorker(t *testing.T, srv *dtstest.Server, silent time.Duration) {
 // dead and replaced; health pings count as something.
 func TestSilentStreamIsReplacedAndPingsKeepItAlive(t *testing.T) {
 	upstream, _ := dtstest.StartSidecar(t, 0, filepath.Join(t.TempDir(), "sidecar.sqlite"))
-	for _, tc := range []struct {
-		name        string
-		ping        time.Duration
-		wantStreams func(int) bool
-	}{
-		{"no pings", 0, func(n int) bool { return n >= 3 }},
-		{"pings", 50 * time.Millisecond, func(n int) bool { return n == 1 }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			srv, err := dtstest.Start(dtstest.Options{Upstream: upstream, TaskHub: "test", PingInterval: tc.ping})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
-			startWorker(t, srv, 300*time.Millisecond)
-			time.Sleep(1500 * time.Millisecond)
-			if n := len(srv.Streams()); !tc.wantStreams(n) {
-				t.Errorf("work-item streams opened in 1.5 s with a 300 ms silent timeout: %d", n)
-			}
-			for _, v := range srv.Violations() {
-				t.Errorf("protocol violation: %s", v)
-			}
-		})
+	start := func(t *testing.T, ping time.Duration) *dtstest.Server {
+		srv, err := dtstest.Start(dtstest.Options{Upstream: upstream, TaskHub: "test", PingInterval: ping})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(srv.Close)
+		startWorker(t, srv, 400*time.Millisecond)
+		return srv
 	}
+	t.Run("no pings", func(t *testing.T) {
+		srv := start(t, 0)
+		deadline := time.Now().Add(10 * time.Second)
+		for len(srv.Streams()) < 3 {
+			if time.Now().After(deadline) {
+				t.Fatalf("work-item streams opened in 10 s with a 400 ms silent timeout: %d, want 3 or more", len(srv.Streams()))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	t.Run("pings", func(t *testing.T) {
+		srv := start(t, 40*time.Millisecond)
+		time.Sleep(2 * time.Second)
+		if n := len(srv.Streams()); n != 1 {
+			t.Errorf("work-item streams opened in 2 s with pings every 40 ms and a 400 ms silent timeout: %d, want 1", n)
+		}
+		for _, v := range srv.Violations() {
+			t.Errorf("protocol violation: %s", v)
+		}
+	})
 }
 
 // activityItem is an activity work item as a backend sends it.
