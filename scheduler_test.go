@@ -109,7 +109,7 @@ func TestSchedulerOutageThenRecovery(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	checkSummary(t, pollStatus(t, p, id, "Completed"), []string{"a", "b"})
-	if n := countLogs(t, p, "cannot reach the scheduler; retrying until it answers"); n != 1 {
+	if n := countLogs(t, p, "the scheduler cannot be used; retrying until it can"); n != 1 {
 		t.Errorf("the outage was logged %d times, want once", n)
 	}
 }

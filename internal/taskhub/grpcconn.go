@@ -34,6 +34,11 @@ const (
 	// tokenRefreshMargin: a token is replaced this long before it expires,
 	// so no call carries one that expires in flight.
 	tokenRefreshMargin = 5 * time.Minute
+
+	// tokenTimeout bounds getting a token, which azidentity retries for a
+	// while when the identity endpoint is down, so that a call fails saying
+	// there is no token rather than that the scheduler did not answer.
+	tokenTimeout = 10 * time.Second
 )
 
 // Roles in the x-user-agent header, as the official SDKs send them.
@@ -125,15 +130,21 @@ func newCredential(s *config.Scheduler) (azcore.TokenCredential, error) {
 	return nil, fmt.Errorf("authentication %q is not supported", s.Auth)
 }
 
+// tokenFailure starts the message of a call that failed for want of a token.
+const tokenFailure = "getting a token for the scheduler"
+
 // bearer puts a scheduler token on every call. It keeps the token until it
-// comes within tokenRefreshMargin of expiring, and one caller at a time
-// fetches a new one while the others wait for it.
+// comes within tokenRefreshMargin of expiring. One fetch runs at a time, and
+// every call waiting for a token shares its outcome, so an identity endpoint
+// that is down costs each call one wait, not one per caller in turn.
 type bearer struct {
 	cred azcore.TokenCredential
 	now  func() time.Time
 
-	mu    sync.Mutex
-	token azcore.AccessToken
+	mu       sync.Mutex
+	token    azcore.AccessToken
+	err      error         // the last fetch's failure
+	fetching chan struct{} // closed when the fetch in flight ends; nil when none is
 }
 
 func newBearer(cred azcore.TokenCredential) *bearer {
@@ -145,7 +156,7 @@ func (b *bearer) GetRequestMetadata(ctx context.Context, _ ...string) (map[strin
 	if err != nil {
 		// Unavailable: the caller retries, as it does when the scheduler is
 		// down, and a credential that starts working is picked up.
-		return nil, status.Errorf(codes.Unavailable, "getting a token for the scheduler: %v", err)
+		return nil, status.Errorf(codes.Unavailable, "%s: %v", tokenFailure, err)
 	}
 	return map[string]string{"authorization": "Bearer " + token}, nil
 }
@@ -155,17 +166,49 @@ func (b *bearer) RequireTransportSecurity() bool { return true }
 
 func (b *bearer) get(ctx context.Context) (string, error) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	now := b.now()
-	fresh := b.token.Token != "" && now.Add(tokenRefreshMargin).Before(b.token.ExpiresOn) &&
-		(b.token.RefreshOn.IsZero() || now.Before(b.token.RefreshOn))
-	if fresh {
+	if b.fresh() {
+		defer b.mu.Unlock()
 		return b.token.Token, nil
 	}
-	token, err := b.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{config.TokenScope}})
-	if err != nil {
-		return "", err
+	if b.fetching == nil {
+		b.fetching = make(chan struct{})
+		go b.fetch(b.fetching)
 	}
-	b.token = token
-	return token.Token, nil
+	fetched := b.fetching
+	b.mu.Unlock()
+
+	select {
+	case <-fetched:
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.fresh() {
+		return b.token.Token, nil
+	}
+	return "", b.err
+}
+
+// fetch gets a new token, under a context of its own: one caller giving up
+// does not fail the others waiting.
+func (b *bearer) fetch(done chan struct{}) {
+	ctx, cancel := context.WithTimeout(context.Background(), tokenTimeout)
+	defer cancel()
+	token, err := b.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{config.TokenScope}})
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err == nil {
+		b.token = token
+	}
+	b.err = err
+	b.fetching = nil
+	close(done)
+}
+
+// fresh reports whether the token held may still be sent. b.mu is held.
+func (b *bearer) fresh() bool {
+	now := b.now()
+	return b.token.Token != "" && now.Add(tokenRefreshMargin).Before(b.token.ExpiresOn) &&
+		(b.token.RefreshOn.IsZero() || now.Before(b.token.RefreshOn))
 }

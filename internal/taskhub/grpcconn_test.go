@@ -92,3 +92,44 @@ func TestWorkerIDNamesHostProcessAndInstance(t *testing.T) {
 		t.Errorf("two workers got the same id %q", a)
 	}
 }
+
+// slowFailing fails every token request after a delay, counting them.
+type slowFailing struct {
+	mu    sync.Mutex
+	calls int
+}
+
+func (c *slowFailing) GetToken(context.Context, policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	c.mu.Lock()
+	c.calls++
+	c.mu.Unlock()
+	time.Sleep(time.Second) // long enough for every caller to be waiting
+	return azcore.AccessToken{}, errors.New("identity endpoint unreachable")
+}
+
+// Calls that need a token while one is being fetched wait for that fetch
+// and share its outcome, instead of fetching again one after another.
+func TestBearerCallsShareOneFetch(t *testing.T) {
+	cred := &slowFailing{}
+	b := newBearer(cred)
+	var wg sync.WaitGroup
+	errs := make(chan error, 5)
+	for range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := b.GetRequestMetadata(context.Background())
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err == nil || !strings.Contains(err.Error(), "identity endpoint unreachable") {
+			t.Errorf("got %v, want the shared fetch's failure", err)
+		}
+	}
+	if cred.calls != 1 {
+		t.Errorf("token requests for 5 waiting calls: %d, want 1", cred.calls)
+	}
+}

@@ -70,6 +70,7 @@ type grpcWorker struct {
 	exec     backend.Executor
 	log      zerolog.Logger
 	endpoint string // scheduler host, for messages
+	hub      string
 	workerID string
 
 	maxOrchestrations, maxActivities  int
@@ -93,9 +94,9 @@ type grpcWorker struct {
 	outage, everConnected   bool        // run's own: an outage is logged once
 }
 
-func newGRPCWorker(conn *grpc.ClientConn, exec backend.Executor, stopWork context.CancelFunc, log zerolog.Logger, endpoint string, maxOrchestrations, maxActivities int) *grpcWorker {
+func newGRPCWorker(conn *grpc.ClientConn, exec backend.Executor, stopWork context.CancelFunc, log zerolog.Logger, endpoint, hub string, maxOrchestrations, maxActivities int) *grpcWorker {
 	w := &grpcWorker{
-		conn: conn, exec: exec, log: log, endpoint: endpoint, workerID: newWorkerID(),
+		conn: conn, exec: exec, log: log, endpoint: endpoint, hub: hub, workerID: newWorkerID(),
 		maxOrchestrations: maxOrchestrations, maxActivities: maxActivities,
 		orchestrationSlots: make(chan struct{}, maxOrchestrations),
 		activitySlots:      make(chan struct{}, maxActivities),
@@ -165,9 +166,13 @@ func (w *grpcWorker) run() {
 			w.log.Info().Err(err).Str("scheduler", w.endpoint).Msg("work-item stream ended; reconnecting")
 		case !w.outage:
 			w.outage = true
-			w.log.Warn().Err(err).Str("scheduler", w.endpoint).Msg("cannot reach the scheduler; retrying until it answers")
+			reason := unusableReason(err, w.hub)
+			if reason == "" {
+				reason = "failed"
+			}
+			w.log.Warn().Err(err).Str("scheduler", w.endpoint).Str("reason", reason).Msg("the scheduler cannot be used; retrying until it can")
 		default:
-			w.log.Debug().Err(err).Str("scheduler", w.endpoint).Msg("still cannot reach the scheduler")
+			w.log.Debug().Err(err).Str("scheduler", w.endpoint).Msg("the scheduler still cannot be used")
 		}
 		// Full jitter, so that many workers do not reconnect in step.
 		ceiling := min(reconnectMax, w.reconnectBase<<min(attempt, 10))

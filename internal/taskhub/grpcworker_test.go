@@ -26,7 +26,7 @@ func startWorker(t *testing.T, srv *dtstest.Server, silent time.Duration) {
 	}
 	work, stopWork := context.WithCancel(context.Background())
 	exec := hubExecutor{Executor: task.NewTaskExecutor(task.NewTaskRegistry()), log: zerolog.Nop(), work: work}
-	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), s.Host, 2, 2)
+	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), s.Host, "test", 2, 2)
 	w.silentTimeout = silent
 	w.reconnectBase = 10 * time.Millisecond
 	w.start()
@@ -112,7 +112,7 @@ func TestWorkerHoldsItsActivityLimit(t *testing.T) {
 	})
 	work, stopWork := context.WithCancel(context.Background())
 	exec := hubExecutor{Executor: task.NewTaskExecutor(r), log: zerolog.Nop(), work: work}
-	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), s.Host, 1, 2)
+	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), s.Host, "test", 1, 2)
 	for i := range 10 {
 		w.dispatch(activityItem("instance", int32(i), "slow"))
 	}

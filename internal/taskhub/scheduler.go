@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/microsoft/durabletask-go/api"
@@ -55,7 +56,7 @@ func openScheduler(cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.
 
 	workCtx, stopWork := context.WithCancel(context.Background())
 	exec := hubExecutor{Executor: task.NewTaskExecutor(registry), log: log, work: workCtx}
-	w := newGRPCWorker(workerConn, exec, stopWork, log.With().Str("component", "worker").Logger(), s.Host,
+	w := newGRPCWorker(workerConn, exec, stopWork, log.With().Str("component", "worker").Logger(), s.Host, cfg.Name,
 		cfg.MaxConcurrentOrchestrations, cfg.MaxConcurrentActivities)
 	w.start()
 
@@ -156,22 +157,32 @@ func (g grpcClient) unavailable(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
-	var reason string
-	switch status.Code(err) {
-	case codes.Unavailable:
-		reason = "is not answering"
-	case codes.DeadlineExceeded:
+	reason := unusableReason(err, g.hub)
+	if reason == "" && errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
 		reason = "did not answer in time"
-	case codes.Unauthenticated, codes.PermissionDenied:
-		reason = "refused this app's credentials"
-	case codes.NotFound:
-		reason = fmt.Sprintf("does not know task hub %q", g.hub)
-	default:
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
-			reason = "did not answer in time"
-		} else {
-			return err
-		}
+	}
+	if reason == "" {
+		return err
 	}
 	return &UnavailableError{Endpoint: g.endpoint, Reason: reason, Err: err}
+}
+
+// unusableReason says why err means the scheduler cannot be used right now,
+// for the client's 503s and the worker's outage line alike; "" when err
+// means something else.
+func unusableReason(err error, hub string) string {
+	switch status.Code(err) {
+	case codes.Unavailable:
+		if strings.Contains(status.Convert(err).Message(), tokenFailure) {
+			return "cannot be called: no token could be had for this app's identity"
+		}
+		return "is not answering"
+	case codes.DeadlineExceeded:
+		return "did not answer in time"
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return "refused this app's credentials"
+	case codes.NotFound:
+		return fmt.Sprintf("does not know task hub %q", hub)
+	}
+	return ""
 }
