@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -110,8 +111,13 @@ func parseScheduler(setting, value string) (s *Scheduler, taskHub string, errs [
 			continue
 		}
 		key := canonicalKey(k)
-		if key == "" {
+		if key == "" && keyLike.MatchString(k) {
 			fail("unknown key %q (the keys are %s)", k, strings.Join(connectionKeys, ", "))
+			continue
+		} else if key == "" {
+			// Not shown: text that does not look like a key may be a
+			// secret pasted in the wrong place.
+			fail("segment %d has an unknown key (the keys are %s)", i+1, strings.Join(connectionKeys, ", "))
 			continue
 		}
 		values[key] = strings.TrimSpace(v) // the last of a repeated key wins
@@ -121,16 +127,16 @@ func parseScheduler(setting, value string) (s *Scheduler, taskHub string, errs [
 	s.parseEndpoint(values, fail)
 
 	if auth, ok := values[keyAuthentication]; !ok {
-		fail("no %s: add %s=<one of %s>", keyAuthentication, keyAuthentication, authList())
+		fail("no %s: add %s=<one of %s>", keyAuthentication, keyAuthentication, joinAuths(auths, ", "))
 	} else if s.Auth = canonicalAuth(auth); s.Auth == "" {
 		// Not the value: it may be a secret pasted in the wrong place.
-		fail("%s must be one of %s", keyAuthentication, authList())
+		fail("%s must be one of %s", keyAuthentication, joinAuths(auths, ", "))
 	}
 
 	if s.Auth != "" {
 		for _, ik := range identityKeys {
-			if values[ik.key] != "" && !containsAuth(ik.auths, s.Auth) {
-				fail("%s does not apply to %s=%s: only %s use it; remove it", ik.key, keyAuthentication, s.Auth, joinAuths(ik.auths))
+			if values[ik.key] != "" && !slices.Contains(ik.auths, s.Auth) {
+				fail("%s does not apply to %s=%s: only %s use it; remove it", ik.key, keyAuthentication, s.Auth, joinAuths(ik.auths, " and "))
 			}
 		}
 		// A token sent over plaintext can be read and reused by anyone on
@@ -293,27 +299,15 @@ func canonicalAuth(a string) Auth {
 	return ""
 }
 
-func containsAuth(list []Auth, a Auth) bool {
-	for _, x := range list {
-		if x == a {
-			return true
-		}
-	}
-	return false
-}
-
-func joinAuths(list []Auth) string {
+// joinAuths lists Authentication values for a message.
+func joinAuths(list []Auth, sep string) string {
 	names := make([]string, len(list))
 	for i, a := range list {
 		names[i] = string(a)
 	}
-	return strings.Join(names, " and ")
+	return strings.Join(names, sep)
 }
 
-func authList() string {
-	names := make([]string, len(auths))
-	for i, a := range auths {
-		names[i] = string(a)
-	}
-	return strings.Join(names, ", ")
-}
+// keyLike matches what could be a key name (words, no digits); anything
+// else, such as a base64 secret whose padding reads as '=', is not echoed.
+var keyLike = regexp.MustCompile(`^[A-Za-z]{1,40}$`)

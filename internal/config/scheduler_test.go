@@ -151,6 +151,13 @@ func TestParseSchedulerRefusals(t *testing.T) {
 			secrets: []string{"secret-foo-value"},
 		},
 		{
+			// A base64 secret pasted as a segment: its padding reads as '='.
+			name:    "secret pasted as a segment",
+			value:   "Endpoint=https://s.example;Authentication=None;c2VjcmV0LXNlY3JldC1zZWNyZXQ==",
+			want:    []string{"segment 3 has an unknown key"},
+			secrets: []string{"c2VjcmV0LXNlY3JldC1zZWNyZXQ"},
+		},
+		{
 			name:    "unknown key that .NET accepts",
 			value:   "Endpoint=https://s.example;Authentication=WorkloadIdentity;AdditionallyAllowedTenants=secret-tenant",
 			want:    []string{`unknown key "AdditionallyAllowedTenants"`},

@@ -3,6 +3,7 @@ package taskhub
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -47,24 +48,23 @@ const (
 	roleClient = "DurableTaskClient"
 )
 
-// dial opens a connection to the scheduler for one role. Every call on it
-// carries the task hub, the user agent and, with a credential, a bearer
-// token. The connection is made lazily and remade on failure, so dial does
-// not fail when the scheduler is down.
-func dial(s *config.Scheduler, hub, role string, token credentials.PerRPCCredentials) (*grpc.ClientConn, error) {
+// dial opens a connection to the scheduler. Every call on it carries the
+// headers in md (key, value, …) and, with a token, a bearer token. The
+// connection is made lazily and remade on failure, so dial does not fail
+// when the scheduler is down.
+func dial(s *config.Scheduler, token credentials.PerRPCCredentials, md ...string) (*grpc.ClientConn, error) {
 	transport := insecure.NewCredentials()
 	if s.TLS {
 		transport = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, ServerName: s.Host})
 	}
-	md := metadata.Pairs("taskhub", hub, "x-user-agent", userAgent(role))
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(transport),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxReceiveBytes)),
 		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			return invoker(metadata.NewOutgoingContext(ctx, withMetadata(ctx, md)), method, req, reply, cc, opts...)
+			return invoker(metadata.AppendToOutgoingContext(ctx, md...), method, req, reply, cc, opts...)
 		}),
 		grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-			return streamer(metadata.NewOutgoingContext(ctx, withMetadata(ctx, md)), desc, cc, method, opts...)
+			return streamer(metadata.AppendToOutgoingContext(ctx, md...), desc, cc, method, opts...)
 		}),
 		// gRPC's own reconnect backoff grows to 2 minutes; a scheduler that
 		// comes back should be used within seconds.
@@ -77,12 +77,6 @@ func dial(s *config.Scheduler, hub, role string, token credentials.PerRPCCredent
 		opts = append(opts, grpc.WithPerRPCCredentials(token))
 	}
 	return grpc.Dial(s.Address, opts...)
-}
-
-// withMetadata adds md to what ctx already sends.
-func withMetadata(ctx context.Context, md metadata.MD) metadata.MD {
-	out, _ := metadata.FromOutgoingContext(ctx)
-	return metadata.Join(out, md)
 }
 
 // userAgent is sent as x-user-agent: gRPC reserves user-agent for itself.
@@ -184,10 +178,15 @@ func (b *bearer) get(ctx context.Context) (string, error) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.fresh() {
-		return b.token.Token, nil
+	if b.err != nil {
+		return "", b.err
 	}
-	return "", b.err
+	// Just fetched: usable until it expires, even if the credential gave
+	// one that is already due for replacement.
+	if b.token.Token == "" || !b.now().Before(b.token.ExpiresOn) {
+		return "", errors.New("the credential gave an expired token")
+	}
+	return b.token.Token, nil
 }
 
 // fetch gets a new token, under a context of its own: one caller giving up

@@ -133,3 +133,19 @@ func TestBearerCallsShareOneFetch(t *testing.T) {
 		t.Errorf("token requests for 5 waiting calls: %d, want 1", cred.calls)
 	}
 }
+
+// A credential may hand back a token that is already due for replacement
+// (MSAL returns a cached one when a refresh fails): it is sent while it is
+// valid, never an empty bearer.
+func TestBearerSendsANewTokenEvenIfDueForReplacement(t *testing.T) {
+	b := newBearer(&tokens{now: time.Now, life: 4 * time.Minute})
+	for _, want := range []string{"Bearer token-1", "Bearer token-2"} {
+		md, err := b.GetRequestMetadata(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := md["authorization"]; got != want {
+			t.Errorf("got %q, want %q (each call fetches again, as the token is within 5 minutes of expiring)", got, want)
+		}
+	}
+}

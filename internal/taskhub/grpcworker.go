@@ -16,12 +16,13 @@ import (
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"fanoutfanin/internal/config"
 )
 
 // Limits of the Durable Task Scheduler. A message it refuses would be
@@ -35,7 +36,9 @@ const (
 	maxCompletionBytes = 4_089_446
 )
 
-// Timings of the work-item stream, as the official SDKs use them.
+// Timings of the work-item stream. The first four are the official SDKs';
+// the SDKs retry a completion up to 10 times, but a completion that keeps
+// failing here is handed back sooner, to be done again.
 const (
 	helloTimeout       = 30 * time.Second
 	silentTimeout      = 120 * time.Second // no message, not even a health ping: the stream is dead
@@ -44,6 +47,8 @@ const (
 	completionAttempts = 5
 	completionBackoff  = 200 * time.Millisecond
 	completionTimeout  = 30 * time.Second
+	abandonAttempts    = 3
+	historyTimeout     = 2 * time.Minute
 )
 
 type workKind string
@@ -71,10 +76,8 @@ type grpcWorker struct {
 	log      zerolog.Logger
 	endpoint string // scheduler host, for messages
 	hub      string
-	workerID string
 
-	maxOrchestrations, maxActivities  int
-	orchestrationSlots, activitySlots chan struct{}
+	orchestrationSlots, activitySlots chan struct{} // their capacities are the host.json limits
 
 	// Changed only by tests.
 	silentTimeout time.Duration
@@ -87,19 +90,21 @@ type grpcWorker struct {
 	intake, leases          context.Context
 	stopIntake, stopLeases  context.CancelFunc
 	stopWork                context.CancelFunc
-	mu                      sync.Mutex // orders inflight.Add before stop's Wait
+	mu                      sync.Mutex // orders inflight.Add before stop's Wait; guards endSession
 	inflight                sync.WaitGroup
+	endSession              context.CancelCauseFunc // closes the current stream
 	done                    chan struct{}
 	noAbandon, noStreamHist atomic.Bool // the backend lacks these RPCs; said once
-	outage, everConnected   bool        // run's own: an outage is logged once
+	outage, everReceived    bool        // run's own: an outage is logged once
 }
 
-func newGRPCWorker(conn *grpc.ClientConn, exec backend.Executor, stopWork context.CancelFunc, log zerolog.Logger, endpoint, hub string, maxOrchestrations, maxActivities int) *grpcWorker {
+// newGRPCWorker returns a worker for the task hub cfg describes, on conn.
+// stopWork cancels the work context of exec.
+func newGRPCWorker(conn *grpc.ClientConn, exec backend.Executor, stopWork context.CancelFunc, log zerolog.Logger, cfg config.TaskHub) *grpcWorker {
 	w := &grpcWorker{
-		conn: conn, exec: exec, log: log, endpoint: endpoint, hub: hub, workerID: newWorkerID(),
-		maxOrchestrations: maxOrchestrations, maxActivities: maxActivities,
-		orchestrationSlots: make(chan struct{}, maxOrchestrations),
-		activitySlots:      make(chan struct{}, maxActivities),
+		conn: conn, exec: exec, log: log, endpoint: cfg.Scheduler.Host, hub: cfg.Name,
+		orchestrationSlots: make(chan struct{}, cfg.MaxConcurrentOrchestrations),
+		activitySlots:      make(chan struct{}, cfg.MaxConcurrentActivities),
 		silentTimeout:      silentTimeout,
 		reconnectBase:      reconnectBase,
 		stopWork:           stopWork,
@@ -144,6 +149,7 @@ func (w *grpcWorker) stop(ctx context.Context) error {
 		err = fmt.Errorf("work still running when the shutdown grace period ended was handed back: %w", ctx.Err())
 	}
 	w.stopLeases()
+	w.stopWork()
 	<-w.done
 	return err
 }
@@ -153,26 +159,32 @@ func (w *grpcWorker) stop(ctx context.Context) error {
 // reason: DTS ends streams to rebalance, to restart, or when a token expires.
 func (w *grpcWorker) run() {
 	attempt := 0
-	for {
-		connected, delivered, err := w.session()
+	for w.intake.Err() == nil {
+		delivered, err := w.session()
 		if w.intake.Err() != nil {
 			return
 		}
 		if delivered {
 			attempt = 0
 		}
-		switch {
-		case connected:
-			w.log.Info().Err(err).Str("scheduler", w.endpoint).Msg("work-item stream ended; reconnecting")
-		case !w.outage:
-			w.outage = true
-			reason := unusableReason(err, w.hub)
-			if reason == "" {
+		// A stream that brought nothing failed to connect, unless it was
+		// only quiet (a backend that sends no health pings).
+		var reason string
+		if !delivered && !errors.Is(err, errSilent) {
+			if reason = unusableReason(err, w.hub); reason == "" {
 				reason = "failed"
 			}
+		}
+		switch {
+		case reason != "" && !w.outage:
+			w.outage = true
 			w.log.Warn().Err(err).Str("scheduler", w.endpoint).Str("reason", reason).Msg("the scheduler cannot be used; retrying until it can")
-		default:
+		case reason != "":
 			w.log.Debug().Err(err).Str("scheduler", w.endpoint).Msg("the scheduler still cannot be used")
+		case delivered:
+			w.log.Info().Err(err).Str("scheduler", w.endpoint).Msg("work-item stream ended; reconnecting")
+		default:
+			w.log.Debug().Err(err).Str("scheduler", w.endpoint).Msg("quiet work-item stream replaced")
 		}
 		// Full jitter, so that many workers do not reconnect in step.
 		ceiling := min(reconnectMax, w.reconnectBase<<min(attempt, 10))
@@ -184,35 +196,30 @@ func (w *grpcWorker) run() {
 var errSilent = errors.New("no message from the scheduler, not even a health ping, for too long")
 
 // session says hello, opens one work-item stream and runs what it
-// delivers until it ends. connected reports whether the scheduler answered,
-// delivered whether the stream brought anything.
-func (w *grpcWorker) session() (connected, delivered bool, err error) {
+// delivers until it ends. delivered reports whether the stream brought
+// anything, a health ping included.
+func (w *grpcWorker) session() (delivered bool, err error) {
 	ctx, cancel := context.WithCancelCause(w.leases)
 	defer cancel(nil)
+	w.mu.Lock()
+	w.endSession = cancel
+	w.mu.Unlock()
 
 	hello, helloDone := context.WithTimeout(ctx, helloTimeout)
 	err = w.conn.Invoke(hello, method("Hello"), &emptypb.Empty{}, &emptypb.Empty{})
 	helloDone()
 	if err != nil {
-		return false, false, fmt.Errorf("hello: %w", err)
+		return false, fmt.Errorf("hello: %w", err)
 	}
-	if w.outage || !w.everConnected {
-		w.log.Info().Str("scheduler", w.endpoint).Str("workerId", w.workerID).
-			Int("maxConcurrentOrchestrations", w.maxOrchestrations).Int("maxConcurrentActivities", w.maxActivities).
-			Msg("connected to the scheduler")
-		w.outage, w.everConnected = false, true
-	}
-
-	stream, err := w.conn.NewStream(metadata.AppendToOutgoingContext(ctx, "workerid", w.workerID),
-		&grpc.StreamDesc{ServerStreams: true}, method("GetWorkItems"))
+	stream, err := w.conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, method("GetWorkItems"))
 	if err != nil {
-		return true, false, fmt.Errorf("opening the work-item stream: %w", err)
+		return false, fmt.Errorf("opening the work-item stream: %w", err)
 	}
-	if err := stream.SendMsg(getWorkItemsRequest(w.maxOrchestrations, w.maxActivities)); err != nil {
-		return true, false, fmt.Errorf("asking for work items: %w", err)
+	if err := stream.SendMsg(getWorkItemsRequest(cap(w.orchestrationSlots), cap(w.activitySlots))); err != nil {
+		return false, fmt.Errorf("asking for work items: %w", err)
 	}
 	if err := stream.CloseSend(); err != nil {
-		return true, false, fmt.Errorf("asking for work items: %w", err)
+		return false, fmt.Errorf("asking for work items: %w", err)
 	}
 
 	silent := time.AfterFunc(w.silentTimeout, func() { cancel(errSilent) })
@@ -221,19 +228,29 @@ func (w *grpcWorker) session() (connected, delivered bool, err error) {
 		item := newMessage("WorkItem")
 		err := stream.RecvMsg(item)
 		if err != nil {
-			if cause := context.Cause(ctx); errors.Is(cause, errSilent) {
+			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 				err = cause
 			}
 			if err == io.EOF {
 				err = errors.New("the scheduler closed the stream")
 			}
-			return true, delivered, err
+			return delivered, err
+		}
+		if !delivered && (w.outage || !w.everReceived) {
+			w.log.Info().Str("scheduler", w.endpoint).
+				Int("maxConcurrentOrchestrations", cap(w.orchestrationSlots)).Int("maxConcurrentActivities", cap(w.activitySlots)).
+				Msg("receiving work from the scheduler")
+			w.outage, w.everReceived = false, true
 		}
 		delivered = true
 		silent.Reset(w.silentTimeout)
 		w.dispatch(item)
 	}
 }
+
+// errAbandonFailed ends a stream whose work items could not be handed back
+// otherwise: a closed stream's leases go back to the scheduler.
+var errAbandonFailed = errors.New("a work item could neither be completed nor handed back")
 
 // Work items as v0.6.0's generated types have them (reached through their
 // methods, since the types themselves are internal to it).
@@ -329,6 +346,7 @@ func (w *grpcWorker) runOrchestrator(req orchestratorRequest, token string) {
 		return
 	}
 	res := results.Response
+	withToken(res, fieldOrchestratorRespToken, token)
 	if size, path := largestPayload(res); size > MaxPayloadBytes {
 		msg := fmt.Sprintf("the orchestrator produced a %d-byte payload (%s), over the scheduler's limit of %d bytes per payload: pass less data between steps, for example fewer or smaller work items per orchestration", size, path, MaxPayloadBytes)
 		log.Error().Msg(msg)
@@ -338,7 +356,7 @@ func (w *grpcWorker) runOrchestrator(req orchestratorRequest, token string) {
 		log.Error().Msg(msg)
 		failOrchestration(res, "OrchestratorResponseTooLarge", msg)
 	}
-	w.complete(orchestrationWork, method("CompleteOrchestratorTask"), res, fieldOrchestratorRespToken, token, log)
+	w.complete(orchestrationWork, method("CompleteOrchestratorTask"), res, token, log)
 }
 
 func (w *grpcWorker) runActivity(req activityRequest, token string) {
@@ -364,30 +382,38 @@ func (w *grpcWorker) runActivity(req activityRequest, token string) {
 		log.Error().Msg(msg)
 		res = failedActivityResponse(id, taskID, "PayloadTooLarge", msg)
 	}
-	w.complete(activityWork, method("CompleteActivityTask"), res, fieldActivityRespToken, token, log)
+	withToken(res, fieldActivityRespToken, token)
+	w.complete(activityWork, method("CompleteActivityTask"), res, token, log)
 }
 
-// complete sends a finished item's result with its completion token. A
-// NotFound answer means the item is no longer ours (its stream ended, and it
-// was or will be delivered again): that is dropped, not retried. Other
-// transient failures are retried a few times, then the item is handed back.
-func (w *grpcWorker) complete(kind workKind, rpc string, res proto.Message, tokenField protowire.Number, token string, log zerolog.Logger) {
+// withToken adds the completion token, if the item came with one, to its
+// result.
+func withToken(res proto.Message, field protowire.Number, token string) {
 	if token != "" {
-		appendUnknown(res, appendString(nil, tokenField, token))
+		appendUnknown(res, appendString(nil, field, token))
 	}
+}
+
+// complete sends a finished item's result. A NotFound answer means the item
+// is no longer ours (its stream ended, and it was or will be delivered
+// again): that is dropped, not retried. Other transient failures are retried
+// a few times, then the item is handed back.
+func (w *grpcWorker) complete(kind workKind, rpc string, res proto.Message, token string, log zerolog.Logger) {
 	delay := completionBackoff
 	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(w.leases, completionTimeout)
 		err := w.conn.Invoke(ctx, rpc, res, newMessage("CompleteTaskResponse"))
 		cancel()
-		code := status.Code(err)
 		switch {
 		case err == nil:
 			return
-		case code == codes.NotFound:
+		case w.leases.Err() != nil:
+			log.Debug().Err(err).Msg("worker stopped before the result was sent; the closed stream handed the item back")
+			return
+		case status.Code(err) == codes.NotFound:
 			log.Info().Str("work", string(kind)).Msg("the scheduler no longer holds this work item (its stream ended); it is delivered again, so this result is dropped")
 			return
-		case transient(err) && attempt < completionAttempts && w.leases.Err() == nil:
+		case transient(err) && attempt < completionAttempts:
 			log.Debug().Err(err).Int("attempt", attempt).Msg("completing the work item failed; retrying")
 			sleep(w.leases, delay)
 			delay *= 2
@@ -412,22 +438,40 @@ func transient(err error) bool {
 
 // abandon hands a work item back so that it is delivered again soon. A
 // backend without the abandon RPCs (the v0.6.0 sidecar) takes it back when
-// the stream closes instead.
+// the stream closes instead. If it cannot be handed back, the stream is
+// closed, so the item's lease does not sit with this worker until the stream
+// ends by itself, which can take hours.
 func (w *grpcWorker) abandon(kind workKind, token string) {
 	if token == "" || w.noAbandon.Load() {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(w.leases), completionTimeout)
-	defer cancel()
-	err := w.conn.Invoke(ctx, abandonMethods[kind], abandonRequest(token), &emptypb.Empty{})
-	switch status.Code(err) {
-	case codes.OK, codes.NotFound: // handed back, or no longer ours anyway
-	case codes.Unimplemented:
-		if !w.noAbandon.Swap(true) {
-			w.log.Info().Msg("the backend cannot take work items back; unfinished ones are delivered again when the work-item stream closes")
+	delay := completionBackoff
+	for attempt := 1; ; attempt++ {
+		ctx, cancel := context.WithTimeout(w.leases, completionTimeout)
+		err := w.conn.Invoke(ctx, abandonMethods[kind], abandonRequest(token), &emptypb.Empty{})
+		cancel()
+		switch {
+		case err == nil, status.Code(err) == codes.NotFound: // handed back, or no longer ours anyway
+			return
+		case w.leases.Err() != nil: // stopped: closing the stream handed it back
+			return
+		case status.Code(err) == codes.Unimplemented:
+			if !w.noAbandon.Swap(true) {
+				w.log.Info().Msg("the backend cannot take work items back; unfinished ones are delivered again when the work-item stream closes")
+			}
+			return
+		case transient(err) && attempt < abandonAttempts:
+			sleep(w.leases, delay)
+			delay *= 2
+			continue
 		}
-	default:
-		w.log.Warn().Err(err).Str("work", string(kind)).Msg("handing a work item back failed; it is delivered again when the work-item stream closes")
+		w.log.Warn().Err(err).Str("work", string(kind)).Msg("handing a work item back failed; closing the work-item stream so the scheduler takes it back")
+		if w.intake.Err() == nil { // while stopping, the stream closes anyway
+			w.mu.Lock()
+			w.endSession(errAbandonFailed)
+			w.mu.Unlock()
+		}
+		return
 	}
 }
 
@@ -441,7 +485,7 @@ func (w *grpcWorker) streamHistory(id api.InstanceID, executionID *wrapperspb.St
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(w.leases, w.silentTimeout)
+	ctx, cancel := context.WithTimeout(w.leases, historyTimeout)
 	defer cancel()
 	stream, err := w.conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, method("StreamInstanceHistory"))
 	if err != nil {

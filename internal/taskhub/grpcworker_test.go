@@ -20,13 +20,13 @@ import (
 func startWorker(t *testing.T, srv *dtstest.Server, silent time.Duration) {
 	t.Helper()
 	s := &config.Scheduler{Endpoint: "http://" + srv.Addr(), Host: "127.0.0.1", Address: srv.Addr(), Auth: config.AuthNone}
-	conn, err := dial(s, "test", roleWorker, nil)
+	conn, err := dial(s, nil, "taskhub", "test", "x-user-agent", userAgent(roleWorker), "workerid", newWorkerID())
 	if err != nil {
 		t.Fatal(err)
 	}
 	work, stopWork := context.WithCancel(context.Background())
 	exec := hubExecutor{Executor: task.NewTaskExecutor(task.NewTaskRegistry()), log: zerolog.Nop(), work: work}
-	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), s.Host, "test", 2, 2)
+	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 2, MaxConcurrentActivities: 2})
 	w.silentTimeout = silent
 	w.reconnectBase = 10 * time.Millisecond
 	w.start()
@@ -89,7 +89,7 @@ func TestWorkerHoldsItsActivityLimit(t *testing.T) {
 	}
 	defer srv.Close()
 	s := &config.Scheduler{Endpoint: "http://" + srv.Addr(), Host: "127.0.0.1", Address: srv.Addr(), Auth: config.AuthNone}
-	conn, err := dial(s, "test", roleWorker, nil)
+	conn, err := dial(s, nil, "taskhub", "test", "x-user-agent", userAgent(roleWorker), "workerid", newWorkerID())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestWorkerHoldsItsActivityLimit(t *testing.T) {
 	})
 	work, stopWork := context.WithCancel(context.Background())
 	exec := hubExecutor{Executor: task.NewTaskExecutor(r), log: zerolog.Nop(), work: work}
-	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), s.Host, "test", 1, 2)
+	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 1, MaxConcurrentActivities: 2})
 	for i := range 10 {
 		w.dispatch(activityItem("instance", int32(i), "slow"))
 	}

@@ -42,22 +42,21 @@ func openScheduler(cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.
 	if cred != nil {
 		token = newBearer(cred)
 	}
-	// One connection per role, as each says who it is in its headers.
-	conns := make([]*grpc.ClientConn, 2)
-	for i, role := range []string{roleClient, roleWorker} {
-		if conns[i], err = dial(s, cfg.Name, role, token); err != nil {
-			for _, c := range conns[:i] {
-				c.Close()
-			}
-			return nil, fmt.Errorf("%s: connecting to %s: %w", cfg.ConnectionSetting, s.Host, err)
-		}
+	// One connection per role, as each says who it is in its headers; the
+	// worker's also names this process.
+	clientConn, err := dial(s, token, "taskhub", cfg.Name, "x-user-agent", userAgent(roleClient))
+	if err != nil {
+		return nil, fmt.Errorf("%s: connecting to %s: %w", cfg.ConnectionSetting, s.Host, err)
 	}
-	clientConn, workerConn := conns[0], conns[1]
+	workerConn, err := dial(s, token, "taskhub", cfg.Name, "x-user-agent", userAgent(roleWorker), "workerid", newWorkerID())
+	if err != nil {
+		clientConn.Close()
+		return nil, fmt.Errorf("%s: connecting to %s: %w", cfg.ConnectionSetting, s.Host, err)
+	}
 
 	workCtx, stopWork := context.WithCancel(context.Background())
 	exec := hubExecutor{Executor: task.NewTaskExecutor(registry), log: log, work: workCtx}
-	w := newGRPCWorker(workerConn, exec, stopWork, log.With().Str("component", "worker").Logger(), s.Host, cfg.Name,
-		cfg.MaxConcurrentOrchestrations, cfg.MaxConcurrentActivities)
+	w := newGRPCWorker(workerConn, exec, stopWork, log.With().Str("component", "worker").Logger(), cfg)
 	w.start()
 
 	log.Info().Str("backend", "scheduler").Str("taskHub", cfg.Name).Str("endpoint", s.Endpoint).Str("authentication", string(s.Auth)).
@@ -69,7 +68,6 @@ func openScheduler(cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.
 	c := grpcClient{c: client.NewTaskHubGrpcClient(clientConn, dtLog), conn: clientConn, endpoint: s.Host, hub: cfg.Name}
 	closeHub := func(ctx context.Context) error {
 		err := w.stop(ctx)
-		stopWork()
 		return errors.Join(err, workerConn.Close(), clientConn.Close())
 	}
 	return &Hub{Client: c, MaxPayloadBytes: MaxPayloadBytes, close: closeHub}, nil
@@ -114,7 +112,7 @@ func (g grpcClient) FetchOrchestrationMetadata(ctx context.Context, id api.Insta
 	fieldsOf(req).set("instanceId", string(id)).set("getInputsAndOutputs", true)
 	res := newMessage("GetInstanceResponse")
 	if err := g.conn.Invoke(ctx, method("GetInstance"), req, res); err != nil {
-		return nil, g.unavailable(ctx, fmt.Errorf("fetching instance %s: %w", id, err))
+		return nil, g.unavailable(ctx, err)
 	}
 	f := fieldsOf(res)
 	if !f.boolean("exists") {

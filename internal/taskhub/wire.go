@@ -96,23 +96,33 @@ func (f fields) set(name protoreflect.Name, v any) fields {
 	return f
 }
 
+// eachField calls fn with every field encoded in b, in order.
+func eachField(b []byte, fn func(num protowire.Number, typ protowire.Type, value []byte)) error {
+	for len(b) > 0 {
+		num, typ, tagLen := protowire.ConsumeTag(b)
+		if tagLen < 0 {
+			return protowire.ParseError(tagLen)
+		}
+		valLen := protowire.ConsumeFieldValue(num, typ, b[tagLen:])
+		if valLen < 0 {
+			return protowire.ParseError(valLen)
+		}
+		fn(num, typ, b[tagLen:tagLen+valLen])
+		b = b[tagLen+valLen:]
+	}
+	return nil
+}
+
 // unknown reads the last occurrence of field num among m's unknown fields,
 // as protobuf does for a repeated scalar: the last one wins.
 func unknown(m proto.Message, num protowire.Number) (typ protowire.Type, value []byte, ok bool) {
-	b := m.ProtoReflect().GetUnknown()
-	for len(b) > 0 {
-		n, t, tagLen := protowire.ConsumeTag(b)
-		if tagLen < 0 {
-			return 0, nil, false
-		}
-		valLen := protowire.ConsumeFieldValue(n, t, b[tagLen:])
-		if valLen < 0 {
-			return 0, nil, false
-		}
+	err := eachField(m.ProtoReflect().GetUnknown(), func(n protowire.Number, t protowire.Type, v []byte) {
 		if n == num {
-			typ, value, ok = t, b[tagLen:tagLen+valLen], true
+			typ, value, ok = t, v, true
 		}
-		b = b[tagLen+valLen:]
+	})
+	if err != nil {
+		return 0, nil, false
 	}
 	return typ, value, ok
 }
@@ -204,27 +214,23 @@ func streamHistoryRequest(instanceID string, executionID *wrapperspb.StringValue
 // empty message with unknown fields.
 func historyChunkEvents(chunk proto.Message) ([]*backend.HistoryEvent, error) {
 	var events []*backend.HistoryEvent
-	b := chunk.ProtoReflect().GetUnknown()
-	for len(b) > 0 {
-		n, t, tagLen := protowire.ConsumeTag(b)
-		if tagLen < 0 {
-			return nil, protowire.ParseError(tagLen)
+	var decodeErr error
+	err := eachField(chunk.ProtoReflect().GetUnknown(), func(n protowire.Number, t protowire.Type, v []byte) {
+		if n != fieldHistoryChunkEvents || t != protowire.BytesType || decodeErr != nil {
+			return
 		}
-		valLen := protowire.ConsumeFieldValue(n, t, b[tagLen:])
-		if valLen < 0 {
-			return nil, protowire.ParseError(valLen)
+		raw, _ := protowire.ConsumeBytes(v)
+		e := &backend.HistoryEvent{}
+		if err := proto.Unmarshal(raw, e); err != nil {
+			decodeErr = fmt.Errorf("decoding a history event: %w", err)
+			return
 		}
-		if n == fieldHistoryChunkEvents && t == protowire.BytesType {
-			raw, _ := protowire.ConsumeBytes(b[tagLen : tagLen+valLen])
-			e := &backend.HistoryEvent{}
-			if err := proto.Unmarshal(raw, e); err != nil {
-				return nil, fmt.Errorf("decoding a history event: %w", err)
-			}
-			events = append(events, e)
-		}
-		b = b[tagLen+valLen:]
+		events = append(events, e)
+	})
+	if err != nil {
+		return nil, err
 	}
-	return events, nil
+	return events, decodeErr
 }
 
 // taskScheduledEvent is the history event an activity executor runs from.
