@@ -2,8 +2,12 @@
 // its two activities, and the HTTP functions that start and watch it.
 //
 // fan_out_fan_in_orchestrator runs process_work_item once for every work
-// item, all at once (fan-out), waits for every one (fan-in), then hands their
-// results, in work-item order, to aggregate_results and returns its summary.
+// item (fan-out), waits for every one (fan-in), then hands their results, in
+// work-item order, to aggregate_results and returns its summary. Past one
+// partition's worth of items it runs them in partitions, each a
+// fan_out_fan_in_partition sub-orchestration doing the same for its share,
+// and aggregates the partitions' summaries: no orchestration's history, step
+// or payload grows with the whole fan-out.
 package functions
 
 import (
@@ -12,19 +16,63 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strconv"
 	"time"
 
 	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
+
+	"fanoutfanin/internal/config"
 )
 
 // The names are a contract with the task hub and with anyone reading its
 // history, so they are registered explicitly.
 const (
 	OrchestratorName     = "fan_out_fan_in_orchestrator"
+	PartitionName        = "fan_out_fan_in_partition"
 	ProcessWorkItemName  = "process_work_item"
 	AggregateResultsName = "aggregate_results"
 )
+
+const (
+	// DefaultPartitionSize is how many items one orchestration runs itself
+	// before the fan-out is split into partitions; see BENCHMARKS.md.
+	DefaultPartitionSize = config.DefaultPartitionSize
+
+	// ItemsEvent names the events that carry a large start's work items,
+	// ItemsEvent + "0", "1", …: one orchestration input cannot hold them on
+	// the scheduler.
+	ItemsEvent = "work_items_"
+	// ItemsTimeout is how long an orchestration waits for those events
+	// before it fails, having processed nothing.
+	ItemsTimeout = 5 * time.Minute
+
+	// DefaultListBytes bounds processed_items in a summary, leaving room in
+	// the scheduler's 1 MiB payload for everything else.
+	DefaultListBytes = 768 << 10
+)
+
+// Plan is the orchestration's input: which items to process and how. A
+// plain JSON list of work items is accepted as well, so that any durabletask
+// client can start the orchestration.
+type Plan struct {
+	Items []string `json:"items,omitempty"`
+	// Count, instead of Items, processes the items Item1 … ItemCount.
+	Count int `json:"count,omitempty"`
+	// Chunks, instead of Items, says the items arrive in that many events
+	// (ItemsEvent + index), holding Total items in all.
+	Chunks int `json:"chunks,omitempty"`
+	Total  int `json:"total,omitempty"`
+	// MaxParallelism bounds how many process_work_item run at once for this
+	// orchestration; 0 means no bound.
+	MaxParallelism int `json:"maxParallelism,omitempty"`
+	// PartitionSize is how many items one orchestration runs itself; 0 means
+	// DefaultPartitionSize.
+	PartitionSize int `json:"partitionSize,omitempty"`
+	// ListBytes bounds processed_items in the summary; 0 means
+	// DefaultListBytes.
+	ListBytes int `json:"listBytes,omitempty"`
+}
 
 // ItemResult is what process_work_item returns for one work item.
 type ItemResult struct {
@@ -36,28 +84,113 @@ type ItemResult struct {
 
 // Summary is what aggregate_results returns, and so the orchestration's output.
 type Summary struct {
-	TotalItemsProcessed int      `json:"total_items_processed"`
-	TotalValue          int      `json:"total_value"`
-	AverageValue        float64  `json:"average_value"`
-	TotalProcessingTime float64  `json:"total_processing_time"`
-	ProcessedItems      []string `json:"processed_items"`
-	Success             bool     `json:"success"`
+	TotalItemsProcessed int     `json:"total_items_processed"`
+	TotalValue          int     `json:"total_value"`
+	AverageValue        float64 `json:"average_value"`
+	TotalProcessingTime float64 `json:"total_processing_time"`
+	// ProcessedItems lists the processed items in work-item order, unless
+	// the list would be too large: then it is null, ProcessedItemsOmitted is
+	// set, and each partition's own output lists its share.
+	ProcessedItems        []string `json:"processed_items"`
+	ProcessedItemsOmitted bool     `json:"processed_items_omitted,omitempty"`
+	Success               bool     `json:"success"`
+	// Partitions is how many partitions ran the items; 0 when they ran in
+	// one orchestration. Partition k (from 0) is instance "<id>:p<k>".
+	Partitions int `json:"partitions,omitempty"`
 }
 
-// Progress is the orchestration's custom status while it runs.
+// Progress is an orchestration's custom status while it runs. A partitioned
+// fan-out counts a partition's items when the whole partition has finished.
 type Progress struct {
 	Completed int `json:"completed"`
 	Total     int `json:"total"`
 }
 
-// Register adds the orchestrator and both activities to r. Each item's
+// AggregateInput is aggregate_results' input: the results of the items, or
+// the summaries of the partitions that ran them. (A plain list of item
+// results is accepted as well.)
+type AggregateInput struct {
+	Results  []ItemResult `json:"results,omitempty"`
+	Partials []Summary    `json:"partials,omitempty"`
+	// OmitItems leaves processed_items out of the summary.
+	OmitItems bool `json:"omitItems,omitempty"`
+}
+
+// partition is a fan_out_fan_in_partition's input: its share of the items,
+// listed, or generated as Item(First+1) … Item(First+Count).
+type partition struct {
+	Items  []string `json:"items,omitempty"`
+	First  int      `json:"first,omitempty"`
+	Count  int      `json:"count,omitempty"`
+	Window int      `json:"window,omitempty"` // at most this many items at once; 0: all
+}
+
+// PartitionID is the instance id of partition k of orchestration id.
+func PartitionID(id string, k int) string { return id + ":p" + strconv.Itoa(k) }
+
+// Register adds the orchestrators and both activities to r. Each item's
 // simulated work takes a random time in [minDelay, maxDelay].
 func Register(r *task.TaskRegistry, minDelay, maxDelay time.Duration, log zerolog.Logger) error {
 	return errors.Join(
 		r.AddOrchestratorN(OrchestratorName, Orchestrator(log)),
+		r.AddOrchestratorN(PartitionName, Partition),
 		r.AddActivityN(ProcessWorkItemName, ProcessWorkItem(minDelay, maxDelay)),
 		r.AddActivityN(AggregateResultsName, AggregateResults),
 	)
+}
+
+// items is a fan-out's work items: listed, or generated.
+type items struct {
+	list  []string
+	first int // generated: Item(first+1) …
+	count int
+}
+
+func (it items) len() int {
+	if it.list != nil {
+		return len(it.list)
+	}
+	return it.count
+}
+
+func (it items) at(i int) string {
+	if it.list != nil {
+		return it.list[i]
+	}
+	return "Item" + strconv.Itoa(it.first+i+1)
+}
+
+// slice returns items [from, to) as a partition's input.
+func (it items) slice(from, to int) partition {
+	if it.list != nil {
+		return partition{Items: it.list[from:to]}
+	}
+	return partition{First: it.first + from, Count: to - from}
+}
+
+// listBytes is how large processed_items would be for these items.
+func (it items) listBytes() int {
+	const perItem = len(`"Processed_",`)
+	if it.list == nil {
+		return it.count*(perItem+len("Item")) + digits(it.first+1, it.first+it.count)
+	}
+	n := 0
+	for _, s := range it.list {
+		n += perItem + len(s)
+	}
+	return n
+}
+
+// digits is how many decimal digits the numbers from a to b have in all.
+func digits(a, b int) int {
+	n := 0
+	for lo, width := 1, 1; lo <= b; lo, width = lo*10, width+1 {
+		hi := lo*10 - 1
+		if from, to := max(a, lo), min(b, hi); from <= to {
+			n += (to - from + 1) * width
+		}
+	}
+	return n
 }
 
 // Orchestrator returns fan_out_fan_in_orchestrator. Like every orchestrator it
@@ -66,49 +199,231 @@ func Register(r *task.TaskRegistry, minDelay, maxDelay time.Duration, log zerolo
 func Orchestrator(log zerolog.Logger) task.Orchestrator {
 	return func(ctx *task.OrchestrationContext) (any, error) {
 		log := log.With().Str("instanceId", string(ctx.ID)).Logger()
-		var items []string
-		if err := ctx.GetInput(&items); err != nil {
-			return nil, fmt.Errorf("reading the work items: %w", err)
-		}
-		if !ctx.IsReplaying {
-			log.Info().Int("items", len(items)).Msg("fanning out")
-		}
-
-		tasks := make([]task.Task, len(items))
-		for i, item := range items {
-			tasks[i] = ctx.CallActivity(ProcessWorkItemName, task.WithActivityInput(item))
-		}
-
-		// Report how many items have finished, in whatever order they did.
-		// The count comes from the history alone, so it replays the same.
-		completed := 0
-		for _, t := range tasks {
-			if finished(t) {
-				completed++
-			}
-		}
-		status, err := json.Marshal(Progress{Completed: completed, Total: len(items)})
+		plan, err := readPlan(ctx)
 		if err != nil {
 			return nil, err
 		}
-		ctx.SetCustomStatus(string(status))
-
-		results := make([]ItemResult, len(items))
-		for i, t := range tasks {
-			if err := t.Await(&results[i]); err != nil {
-				return nil, fmt.Errorf("work item %d (%q) failed: %w", i, items[i], err)
-			}
+		work, err := plan.items(ctx)
+		if err != nil {
+			return nil, err
+		}
+		n := work.len()
+		size := plan.PartitionSize
+		if size <= 0 {
+			size = DefaultPartitionSize
+		}
+		partitions := (n + size - 1) / size
+		if !ctx.IsReplaying {
+			log.Info().Int("items", n).Int("partitions", partitions).Int("maxParallelism", plan.MaxParallelism).Msg("fanning out")
 		}
 
 		var summary Summary
-		if err := ctx.CallActivity(AggregateResultsName, task.WithActivityInput(results)).Await(&summary); err != nil {
-			return nil, fmt.Errorf("aggregating the results failed: %w", err)
+		if partitions <= 1 {
+			summary, err = fanOut(ctx, work, plan.MaxParallelism)
+		} else {
+			summary, err = fanOutPartitions(ctx, work, size, plan)
+		}
+		if err != nil {
+			return nil, err
 		}
 		if !ctx.IsReplaying {
 			log.Info().Int("items", summary.TotalItemsProcessed).Int("totalValue", summary.TotalValue).Msg("fan-in complete")
 		}
 		return summary, nil
 	}
+}
+
+// readPlan reads the orchestration's input: a Plan, or a plain list.
+func readPlan(ctx *task.OrchestrationContext) (Plan, error) {
+	var raw json.RawMessage
+	if err := ctx.GetInput(&raw); err != nil {
+		return Plan{}, fmt.Errorf("reading the input: %w", err)
+	}
+	var plan Plan
+	if len(raw) > 0 && raw[0] == '[' {
+		return plan, json.Unmarshal(raw, &plan.Items)
+	}
+	if err := json.Unmarshal(raw, &plan); err != nil {
+		return plan, fmt.Errorf("reading the input: it must be a list of work items or a plan: %w", err)
+	}
+	return plan, nil
+}
+
+// items returns the plan's work items, waiting for them if they come in
+// events. A start whose events do not all arrive processes nothing.
+func (p Plan) items(ctx *task.OrchestrationContext) (items, error) {
+	switch {
+	case p.Count > 0:
+		return items{count: p.Count}, nil
+	case p.Chunks == 0:
+		return items{list: p.Items}, nil
+	}
+	// Every wait starts now, so all of them share one deadline.
+	waits := make([]task.Task, p.Chunks)
+	for i := range waits {
+		waits[i] = ctx.WaitForSingleEvent(ItemsEvent+strconv.Itoa(i), ItemsTimeout)
+	}
+	list := make([]string, 0, p.Total)
+	for i, w := range waits {
+		var chunk []string
+		if err := w.Await(&chunk); err != nil {
+			return items{}, fmt.Errorf("only %d of the %d parts of the work items arrived within %s, so none was processed: start again: %w", i, p.Chunks, ItemsTimeout, err)
+		}
+		list = append(list, chunk...)
+	}
+	if len(list) != p.Total {
+		return items{}, fmt.Errorf("the work items arrived with %d items, not the %d announced; none was processed", len(list), p.Total)
+	}
+	return items{list: list}, nil
+}
+
+// Partition is fan_out_fan_in_partition: one partition's fan-out and fan-in.
+func Partition(ctx *task.OrchestrationContext) (any, error) {
+	var p partition
+	if err := ctx.GetInput(&p); err != nil {
+		return nil, fmt.Errorf("reading the partition: %w", err)
+	}
+	work := items{list: p.Items, first: p.First, count: p.Count}
+	return fanOut(ctx, work, p.Window)
+}
+
+// fanOut runs process_work_item for every item, at most window at once
+// (0: all at once), and aggregates their results. Errors name the item by
+// its place in the whole fan-out.
+func fanOut(ctx *task.OrchestrationContext, work items, window int) (Summary, error) {
+	n := work.len()
+	tasks := slide(ctx, n, window, func(i, _ int) task.Task {
+		return ctx.CallActivity(ProcessWorkItemName, task.WithActivityInput(work.at(i)))
+	}, func(done []bool) {
+		finished := 0
+		for _, d := range done {
+			if d {
+				finished++
+			}
+		}
+		setProgress(ctx, finished, n)
+	})
+	results := make([]ItemResult, n)
+	for i, t := range tasks {
+		if err := t.Await(&results[i]); err != nil {
+			return Summary{}, fmt.Errorf("work item %d (%q) failed: %w", work.first+i, work.at(i), err)
+		}
+	}
+	var summary Summary
+	if err := ctx.CallActivity(AggregateResultsName, task.WithActivityInput(AggregateInput{Results: results})).Await(&summary); err != nil {
+		return Summary{}, fmt.Errorf("aggregating the results failed: %w", err)
+	}
+	return summary, nil
+}
+
+// fanOutPartitions runs the items in partitions of size items, and
+// aggregates the partitions' summaries. With a bound on parallelism, as many
+// partitions run at once as the bound allows, sharing it, and each freed
+// share goes to the next partition.
+func fanOutPartitions(ctx *task.OrchestrationContext, work items, size int, plan Plan) (Summary, error) {
+	n := work.len()
+	count := (n + size - 1) / size
+	running := count
+	if plan.MaxParallelism > 0 {
+		running = min(count, plan.MaxParallelism)
+	}
+	share := func(slot int) int {
+		if plan.MaxParallelism <= 0 {
+			return 0
+		}
+		w := plan.MaxParallelism / running
+		if slot < plan.MaxParallelism%running {
+			w++
+		}
+		return w
+	}
+	partials := make([]Summary, count)
+	tasks := slide(ctx, count, running, func(k, slot int) task.Task {
+		p := work.slice(k*size, min(n, (k+1)*size))
+		p.Window = share(slot)
+		return ctx.CallSubOrchestrator(PartitionName, task.WithSubOrchestratorInput(p),
+			task.WithSubOrchestrationInstanceID(PartitionID(string(ctx.ID), k)))
+	}, func(done []bool) {
+		// A partition's items count once the whole partition has finished.
+		finished := 0
+		for k, d := range done {
+			if d {
+				finished += min(n, (k+1)*size) - k*size
+			}
+		}
+		setProgress(ctx, finished, n)
+	})
+	for k, t := range tasks {
+		if err := t.Await(&partials[k]); err != nil {
+			return Summary{}, fmt.Errorf("partition %d (items %d to %d) failed: %w", k, k*size, min(n, (k+1)*size)-1, err)
+		}
+	}
+	limit := plan.ListBytes
+	if limit <= 0 {
+		limit = DefaultListBytes
+	}
+	in := AggregateInput{Partials: partials, OmitItems: work.listBytes() > limit}
+	if in.OmitItems {
+		for k := range in.Partials {
+			in.Partials[k].ProcessedItems = nil
+		}
+	}
+	var summary Summary
+	if err := ctx.CallActivity(AggregateResultsName, task.WithActivityInput(in)).Await(&summary); err != nil {
+		return Summary{}, fmt.Errorf("aggregating the results failed: %w", err)
+	}
+	summary.Partitions = count
+	return summary, nil
+}
+
+// slide starts n tasks with start(i, slot), at most window at once (0 or
+// n and more: all at once). The next task starts as soon as the earliest
+// running one finishes, on its slot. Before waiting it tells progress which
+// tasks have finished. It returns every task, in order, once all have been
+// started; the caller awaits them.
+//
+// Why the earliest: v0.6.0 has no "when any", and a replay must start each
+// task at the same point of the history as the first run did. Awaiting the
+// earliest task consumes the history exactly up to its end, after which the
+// first run started the next one; asking a later task first could read past
+// where the next one was started, which v0.6.0 rejects as nondeterminism.
+func slide(ctx *task.OrchestrationContext, n, window int, start func(i, slot int) task.Task, progress func(done []bool)) []task.Task {
+	if window <= 0 || window > n {
+		window = n
+	}
+	tasks := make([]task.Task, n)
+	for i := range window {
+		tasks[i] = start(i, i)
+	}
+	for i := 0; i+window < n; i++ {
+		if !finished(tasks[i]) {
+			report(tasks, i, i+window, progress)
+			tasks[i].Await(nil) // blocks: ends this step until it finishes
+		}
+		tasks[i+window] = start(i+window, i%window)
+	}
+	report(tasks, n-window, n, progress)
+	return tasks
+}
+
+// report tells progress which tasks have finished: all before from (slide
+// has seen them finish), and those of [from, to) that have. Asking is cheap
+// once one unfinished task has read the rest of the history.
+func report(tasks []task.Task, from, to int, progress func(done []bool)) {
+	done := make([]bool, len(tasks))
+	for i := range from {
+		done[i] = true
+	}
+	for i := from; i < to; i++ {
+		done[i] = finished(tasks[i])
+	}
+	progress(done)
+}
+
+// setProgress sets the custom status to done of total items.
+func setProgress(ctx *task.OrchestrationContext, done, total int) {
+	status, _ := json.Marshal(Progress{Completed: done, Total: total}) // two ints always encode
+	ctx.SetCustomStatus(string(status))
 }
 
 // finished reports whether t has completed or failed. durabletask-go v0.6.0
@@ -170,28 +485,50 @@ func ProcessWorkItem(minDelay, maxDelay time.Duration) task.Activity {
 	}
 }
 
-// AggregateResults is aggregate_results: it sums the item results into the
-// summary, keeping their order.
+// AggregateResults is aggregate_results: it sums the item results, or the
+// partitions' summaries, into the summary, keeping their order.
 func AggregateResults(ctx task.ActivityContext) (any, error) {
-	var results []ItemResult
-	if err := ctx.GetInput(&results); err != nil {
-		return nil, fmt.Errorf("reading the item results: %w", err)
+	var raw json.RawMessage
+	if err := ctx.GetInput(&raw); err != nil {
+		return nil, fmt.Errorf("reading the results: %w", err)
 	}
-	s := Summary{
-		TotalItemsProcessed: len(results),
-		ProcessedItems:      make([]string, len(results)),
-		Success:             true,
+	var in AggregateInput
+	var err error
+	if len(raw) > 0 && raw[0] == '[' {
+		err = json.Unmarshal(raw, &in.Results)
+	} else {
+		err = json.Unmarshal(raw, &in)
 	}
-	var seconds float64
-	for i, r := range results {
+	if err != nil {
+		return nil, fmt.Errorf("reading the results: %w", err)
+	}
+
+	s := Summary{Success: true}
+	// Seconds are summed in hundredths, as each was rounded, so that the
+	// total does not depend on how the items were partitioned.
+	var hundredths int64
+	for _, r := range in.Results {
+		s.TotalItemsProcessed++
 		s.TotalValue += r.Value
-		seconds += r.ProcessingTime
-		s.ProcessedItems[i] = r.ProcessedItem
+		hundredths += int64(math.Round(r.ProcessingTime * 100))
+		s.ProcessedItems = append(s.ProcessedItems, r.ProcessedItem)
 	}
-	if len(results) > 0 {
-		s.AverageValue = round2(float64(s.TotalValue) / float64(len(results)))
+	for _, p := range in.Partials {
+		s.TotalItemsProcessed += p.TotalItemsProcessed
+		s.TotalValue += p.TotalValue
+		hundredths += int64(math.Round(p.TotalProcessingTime * 100))
+		s.ProcessedItems = append(s.ProcessedItems, p.ProcessedItems...)
+		s.Success = s.Success && p.Success
 	}
-	s.TotalProcessingTime = round2(seconds)
+	if in.OmitItems {
+		s.ProcessedItems, s.ProcessedItemsOmitted = nil, true
+	} else if s.ProcessedItems == nil {
+		s.ProcessedItems = []string{}
+	}
+	if s.TotalItemsProcessed > 0 {
+		s.AverageValue = round2(float64(s.TotalValue) / float64(s.TotalItemsProcessed))
+	}
+	s.TotalProcessingTime = float64(hundredths) / 100
 	zerolog.Ctx(ctx.Context()).Info().Int("items", s.TotalItemsProcessed).Int("totalValue", s.TotalValue).Msg("aggregated results")
 	return s, nil
 }

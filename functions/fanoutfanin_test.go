@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,10 +54,10 @@ func openHubFile(t *testing.T, registry *task.TaskRegistry, file string) taskhub
 	return hub.Client
 }
 
-// waitFor polls the instance until done says so, failing after 30 s.
+// waitFor polls the instance until done says so, failing after 2 minutes.
 func waitFor(t *testing.T, c taskhub.Client, id api.InstanceID, done func(*api.OrchestrationMetadata) bool) *api.OrchestrationMetadata {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		md, err := c.FetchOrchestrationMetadata(context.Background(), id)
 		if err != nil {
@@ -77,6 +78,7 @@ func waitFor(t *testing.T, c taskhub.Client, id api.InstanceID, done func(*api.O
 func registryWith(process func(item string) (functions.ItemResult, error)) *task.TaskRegistry {
 	r := task.NewTaskRegistry()
 	r.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
+	r.AddOrchestratorN(functions.PartitionName, functions.Partition)
 	r.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
 	r.AddActivityN(functions.ProcessWorkItemName, func(ctx task.ActivityContext) (any, error) {
 		var item string
@@ -306,9 +308,10 @@ func TestProcessWorkItemStopsWhenTheWorkerStops(t *testing.T) {
 
 // Replaying the recorded history must make the orchestrator ask, at every
 // step, for exactly what it asked for when the step first ran: the same
-// activities with the same inputs, then the same result. durabletask-go
-// matches replayed tasks to history by id alone, so this is what catches an
-// orchestrator that is not deterministic.
+// activities and partitions with the same inputs, then the same result.
+// durabletask-go matches replayed tasks to history by id alone, so this is
+// what catches an orchestrator that is not deterministic. Items finish in
+// random order (0 to 5 ms each), which a sliding window must follow.
 func TestReplayIsDeterministic(t *testing.T) {
 	r := task.NewTaskRegistry()
 	if err := functions.Register(r, 0, 5*time.Millisecond, zerolog.Nop()); err != nil {
@@ -320,13 +323,37 @@ func TestReplayIsDeterministic(t *testing.T) {
 	for i := range items {
 		items[i] = fmt.Sprintf("Task%d", i+1)
 	}
-	id := start(t, hub, items)
-	if md := waitFor(t, hub, id, complete); md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
-		t.Fatalf("status: %v", md.RuntimeStatus)
+	for _, tc := range []struct {
+		name       string
+		plan       functions.Plan
+		partitions int
+	}{
+		{"all at once", functions.Plan{Items: items}, 0},
+		{"window", functions.Plan{Items: items, MaxParallelism: 4}, 0},
+		{"partitions", functions.Plan{Items: items, PartitionSize: 7}, 5},
+		{"partitions sharing a window", functions.Plan{Count: 30, PartitionSize: 7, MaxParallelism: 5}, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, err := hub.ScheduleNewOrchestration(context.Background(), functions.OrchestratorName, api.WithInput(tc.plan))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if md := waitFor(t, hub, id, complete); md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+				t.Fatalf("status: %v %v", md.RuntimeStatus, md.FailureDetails)
+			}
+			checkReplay(t, r, file, id)
+			for k := range tc.partitions {
+				checkReplay(t, r, file, api.InstanceID(functions.PartitionID(string(id), k)))
+			}
+		})
 	}
+}
 
+// checkReplay replays instance id's recorded history step by step.
+func checkReplay(t *testing.T, r *task.TaskRegistry, file string, id api.InstanceID) {
+	t.Helper()
 	// Each step starts with OrchestratorStarted and its new events, followed
-	// by what the orchestrator asked for: TaskScheduled or ExecutionCompleted.
+	// by what the orchestrator asked for.
 	history := readHistory(t, file, id)
 	steps := 0
 	for i := 0; i < len(history); {
@@ -335,7 +362,7 @@ func TestReplayIsDeterministic(t *testing.T) {
 			j++
 		}
 		inputs := i
-		for inputs < j && history[inputs].GetTaskScheduled() == nil && history[inputs].GetExecutionCompleted() == nil {
+		for inputs < j && describe(history[inputs]) == "" {
 			inputs++
 		}
 		var want []string
@@ -348,9 +375,11 @@ func TestReplayIsDeterministic(t *testing.T) {
 		}
 		var got []string
 		for _, a := range res.Response.GetActions() {
-			switch st, co := a.GetScheduleTask(), a.GetCompleteOrchestration(); {
+			switch st, so, co := a.GetScheduleTask(), a.GetCreateSubOrchestration(), a.GetCompleteOrchestration(); {
 			case st != nil:
 				got = append(got, fmt.Sprintf("%d schedule %s(%s)", a.GetId(), st.GetName(), st.GetInput().GetValue()))
+			case so != nil:
+				got = append(got, fmt.Sprintf("%d start %s %s(%s)", a.GetId(), so.GetInstanceId(), so.GetName(), so.GetInput().GetValue()))
 			case co != nil:
 				got = append(got, fmt.Sprintf("complete %v %s", co.GetOrchestrationStatus(), co.GetResult().GetValue()))
 			default:
@@ -360,23 +389,28 @@ func TestReplayIsDeterministic(t *testing.T) {
 		slices.Sort(got) // actions come from a map
 		slices.Sort(want)
 		if !slices.Equal(got, want) {
-			t.Fatalf("step %d replayed differently:\n got %q\nwant %q", steps, got, want)
+			t.Fatalf("%s: step %d replayed differently:\n got %q\nwant %q", id, steps, got, want)
 		}
 		steps++
 		i = j
 	}
 	if steps < 3 {
-		t.Errorf("only %d steps recorded; the fan-out, fan-in and completion take at least 3", steps)
+		t.Errorf("%s: only %d steps recorded; the fan-out, fan-in and completion take at least 3", id, steps)
 	}
 }
 
-// describe renders a recorded event as the replayed actions are rendered.
+// describe renders what an orchestrator asked for, as recorded, the way the
+// replayed actions are rendered; "" for any other event.
 func describe(e *backend.HistoryEvent) string {
-	if ts := e.GetTaskScheduled(); ts != nil {
+	switch ts, so, ec := e.GetTaskScheduled(), e.GetSubOrchestrationInstanceCreated(), e.GetExecutionCompleted(); {
+	case ts != nil:
 		return fmt.Sprintf("%d schedule %s(%s)", e.GetEventId(), ts.GetName(), ts.GetInput().GetValue())
+	case so != nil:
+		return fmt.Sprintf("%d start %s %s(%s)", e.GetEventId(), so.GetInstanceId(), so.GetName(), so.GetInput().GetValue())
+	case ec != nil:
+		return fmt.Sprintf("complete %v %s", ec.GetOrchestrationStatus(), ec.GetResult().GetValue())
 	}
-	ec := e.GetExecutionCompleted()
-	return fmt.Sprintf("complete %v %s", ec.GetOrchestrationStatus(), ec.GetResult().GetValue())
+	return ""
 }
 
 // readHistory reads an instance's recorded history from the hub's file.
@@ -390,4 +424,151 @@ func readHistory(t *testing.T, file string, id api.InstanceID) []*backend.Histor
 		t.Fatal("no history recorded")
 	}
 	return history
+}
+
+// startPlan starts the orchestration with plan and waits for it to finish.
+func runPlan(t *testing.T, c taskhub.Client, plan functions.Plan) (api.InstanceID, functions.Summary) {
+	t.Helper()
+	id, err := c.ScheduleNewOrchestration(context.Background(), functions.OrchestratorName, api.WithInput(plan))
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := waitFor(t, c, id, complete)
+	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+		t.Fatalf("status: got %v (%v), want completed", md.RuntimeStatus, md.FailureDetails)
+	}
+	var s functions.Summary
+	if err := json.Unmarshal([]byte(md.SerializedOutput), &s); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := progress(t, md).Completed, s.TotalItemsProcessed; got != want {
+		t.Errorf("final custom status counts %d items, want %d", got, want)
+	}
+	return id, s
+}
+
+// scored stands in for process_work_item with a value and time that depend
+// on the item alone, so that summaries can be compared exactly.
+func scored(item string) (functions.ItemResult, error) {
+	return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: 1 + len(item)*7%100, ProcessingTime: float64(len(item)%5) / 100}, nil
+}
+
+// Partitioning does not change the summary: at one item short of a
+// partition, exactly one, and one more, it is the summary of one
+// orchestration running every item, but for the partition count.
+func TestPartitionBoundariesGiveTheSameSummary(t *testing.T) {
+	hub := openHub(t, registryWith(scored))
+	const size = 10
+	for _, n := range []int{size - 1, size, size + 1, 3*size + 7} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			items := make([]string, n)
+			for i := range items {
+				items[i] = fmt.Sprintf("Task-%d%s", i, strings.Repeat("x", i%3))
+			}
+			_, whole := runPlan(t, hub, functions.Plan{Items: items, PartitionSize: 1000})
+			id, parted := runPlan(t, hub, functions.Plan{Items: items, PartitionSize: size})
+			if want := (n + size - 1) / size; want > 1 && parted.Partitions != want || want == 1 && parted.Partitions != 0 {
+				t.Errorf("partitions: got %d, want %d", parted.Partitions, max(want, 0))
+			}
+			parted.Partitions = 0
+			if !reflect.DeepEqual(parted, whole) {
+				t.Errorf("summary with partitions of %d:\n%+v\nwithout:\n%+v", size, parted, whole)
+			}
+			if parted.TotalItemsProcessed != n || len(parted.ProcessedItems) != n {
+				t.Errorf("summary covers %d items, lists %d; want %d", parted.TotalItemsProcessed, len(parted.ProcessedItems), n)
+			}
+			if n > size {
+				// Each partition's own output lists its share.
+				md, err := hub.FetchOrchestrationMetadata(context.Background(), api.InstanceID(functions.PartitionID(string(id), 1)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var p functions.Summary
+				json.Unmarshal([]byte(md.SerializedOutput), &p)
+				if len(p.ProcessedItems) == 0 || p.ProcessedItems[0] != "Processed_"+items[size] {
+					t.Errorf("partition 1 output: %s, want it to list items from %q on", md.SerializedOutput, items[size])
+				}
+			}
+		})
+	}
+}
+
+// Past the list limit, the summary leaves processed_items out and says so;
+// the totals still cover every item.
+func TestSummaryOmitsAListTooLargeToCarry(t *testing.T) {
+	hub := openHub(t, registryWith(scored))
+	_, s := runPlan(t, hub, functions.Plan{Count: 50, PartitionSize: 10, ListBytes: 100})
+	if s.ProcessedItems != nil || !s.ProcessedItemsOmitted || s.TotalItemsProcessed != 50 || s.Partitions != 5 {
+		t.Errorf("summary: %+v, want 50 items over 5 partitions, processed_items omitted", s)
+	}
+	_, s = runPlan(t, hub, functions.Plan{Count: 50, PartitionSize: 10})
+	if len(s.ProcessedItems) != 50 || s.ProcessedItemsOmitted || s.ProcessedItems[49] != "Processed_Item50" {
+		t.Errorf("summary: %+v, want all 50 generated items listed", s)
+	}
+}
+
+// maxParallelism bounds how many items run at once, across partitions, and
+// the window stays full: the bound is reached, not merely kept.
+func TestMaxParallelismIsHonoured(t *testing.T) {
+	var mu sync.Mutex
+	running, most := 0, 0
+	hub := openHub(t, registryWith(func(item string) (functions.ItemResult, error) {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+		mu.Lock()
+		running--
+		mu.Unlock()
+		return scored(item)
+	}))
+	for _, tc := range []struct {
+		name string
+		plan functions.Plan
+	}{
+		{"one orchestration", functions.Plan{Count: 24, MaxParallelism: 3}},
+		{"partitions", functions.Plan{Count: 40, MaxParallelism: 3, PartitionSize: 6}},
+		{"more partitions than the bound", functions.Plan{Count: 30, MaxParallelism: 2, PartitionSize: 4}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mu.Lock()
+			most = 0
+			mu.Unlock()
+			_, s := runPlan(t, hub, tc.plan)
+			if s.TotalItemsProcessed != tc.plan.Count {
+				t.Errorf("processed %d items, want %d", s.TotalItemsProcessed, tc.plan.Count)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if most != tc.plan.MaxParallelism {
+				t.Errorf("at most %d items ran at once, want exactly the bound, %d", most, tc.plan.MaxParallelism)
+			}
+		})
+	}
+}
+
+// A large fan-out with no simulated work completes, in partitions, with
+// every item counted.
+func TestTwentyThousandItems(t *testing.T) {
+	if raceDetector {
+		t.Skip("make test runs this without the race detector, which slows SQLite twentyfold")
+	}
+	r := task.NewTaskRegistry()
+	if err := functions.Register(r, 0, 0, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	hub := openHub(t, r)
+	start := time.Now()
+	_, s := runPlan(t, hub, functions.Plan{Count: 20_000})
+	t.Logf("20,000 items in %s", time.Since(start).Round(time.Millisecond))
+	if s.TotalItemsProcessed != 20_000 || len(s.ProcessedItems) != 20_000 || s.Partitions != 20 {
+		t.Fatalf("summary: %d items, %d listed, %d partitions; want 20,000 in 20", s.TotalItemsProcessed, len(s.ProcessedItems), s.Partitions)
+	}
+	if s.ProcessedItems[0] != "Processed_Item1" || s.ProcessedItems[19_999] != "Processed_Item20000" {
+		t.Errorf("processed_items out of order: %q … %q", s.ProcessedItems[0], s.ProcessedItems[19_999])
+	}
+	if s.TotalValue < 20_000 || s.TotalValue > 2_000_000 || s.AverageValue != math.Round(float64(s.TotalValue)/200)/100 {
+		t.Errorf("totals: %+v", s)
+	}
 }

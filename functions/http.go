@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -58,27 +59,43 @@ type checkStatus struct {
 	StatusQueryGetURI string `json:"statusQueryGetUri"`
 }
 
-// StartFanOut is fan_out_fan_in: it validates the work items, schedules the
-// orchestration and answers 202 with where to watch it.
+// StartFanOut is fan_out_fan_in: it validates the request, schedules the
+// orchestration and answers 202 with where to watch it. maxInputBytes bounds
+// one orchestration input on the task hub (0: no bound); work items that do
+// not fit one follow the start as events, in parts that do.
 func StartFanOut(hub taskhub.Client, limits config.Limits, maxInputBytes int, statusURL StatusURL) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		items, err := readWorkItems(w, r, limits)
+		plan, err := readStartRequest(w, r, limits)
 		if err != nil {
 			httpjson.RenderError(w, r, err)
 			return
 		}
-		input, _ := json.Marshal(items) // a list of strings always encodes
-		if maxInputBytes > 0 && len(input) > maxInputBytes {
-			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusRequestEntityTooLarge,
-				"the work items make an orchestration input of %d bytes, and the task hub takes at most %d bytes per input: send fewer or shorter items", len(input), maxInputBytes))
-			return
+		plan.PartitionSize = limits.PartitionSize
+		if maxInputBytes > 0 {
+			plan.ListBytes = maxInputBytes * 3 / 4
 		}
-		id, err := hub.ScheduleNewOrchestration(r.Context(), OrchestratorName, api.WithRawInput(string(input)))
+		var chunks [][]string
+		if input, _ := json.Marshal(plan); maxInputBytes > 0 && len(input) > maxInputBytes {
+			chunks = chunk(plan.Items, maxInputBytes*3/4)
+			plan.Chunks, plan.Total, plan.Items = len(chunks), len(plan.Items), nil
+		}
+		n := max(plan.Count, plan.Total, len(plan.Items))
+		id, err := hub.ScheduleNewOrchestration(r.Context(), OrchestratorName, api.WithInput(plan))
 		if err != nil {
 			renderHubError(w, r, fmt.Errorf("scheduling %s: %w", OrchestratorName, err))
 			return
 		}
-		zerolog.Ctx(r.Context()).Info().Str("instanceId", string(id)).Int("items", len(items)).Msg("started orchestration")
+		for i, c := range chunks {
+			if err := hub.RaiseEvent(r.Context(), id, ItemsEvent+strconv.Itoa(i), api.WithEventPayload(c)); err != nil {
+				// The instance waits for every part, then fails having run
+				// nothing: the start did not happen, as far as work goes.
+				zerolog.Ctx(r.Context()).Warn().Str("instanceId", string(id)).Err(err).
+					Msgf("sending the work items failed after %d of %d parts; the instance will fail in %s without processing any", i, len(chunks), ItemsTimeout)
+				renderHubError(w, r, fmt.Errorf("sending work items to %s: %w", id, err))
+				return
+			}
+		}
+		zerolog.Ctx(r.Context()).Info().Str("instanceId", string(id)).Int("items", n).Int("parts", max(1, len(chunks))).Msg("started orchestration")
 		url := statusURL(r, string(id))
 		w.Header().Set("Location", url)
 		w.Header().Set("Retry-After", retryAfterStart)
@@ -86,19 +103,37 @@ func StartFanOut(hub taskhub.Client, limits config.Limits, maxInputBytes int, st
 	})
 }
 
-// readWorkItems reads {"workItems": [...]} from the body; an empty body, {}
-// or a null list means DefaultWorkItems.
-func readWorkItems(w http.ResponseWriter, r *http.Request, limits config.Limits) ([]string, error) {
+// chunk splits items into lists of at most maxBytes of JSON each.
+func chunk(items []string, maxBytes int) [][]string {
+	var chunks [][]string
+	start, size := 0, 2
+	for i, item := range items {
+		b, _ := json.Marshal(item)
+		if i > start && size+len(b)+1 > maxBytes {
+			chunks = append(chunks, items[start:i])
+			start, size = i, 2
+		}
+		size += len(b) + 1
+	}
+	return append(chunks, items[start:])
+}
+
+// readStartRequest reads the start request: {"workItems": [...]} or {"count": N},
+// and optionally "maxParallelism". An empty body, {} or a null list means
+// DefaultWorkItems.
+func readStartRequest(w http.ResponseWriter, r *http.Request, limits config.Limits) (Plan, error) {
 	body, err := httpjson.ReadBody(w, r, limits.MaxBodyBytes, "request body")
 	if err != nil {
-		return nil, err
+		return Plan{}, err
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
-		return DefaultWorkItems, nil
+		return Plan{Items: DefaultWorkItems}, nil
 	}
 
 	var req struct {
-		WorkItems json.RawMessage `json:"workItems"`
+		WorkItems      json.RawMessage `json:"workItems"`
+		Count          json.RawMessage `json:"count"`
+		MaxParallelism json.RawMessage `json:"maxParallelism"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -107,41 +142,74 @@ func readWorkItems(w http.ResponseWriter, r *http.Request, limits config.Limits)
 		var typ *json.UnmarshalTypeError
 		switch {
 		case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF):
-			return nil, httpjson.Errorf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
+			return Plan{}, httpjson.Errorf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
 		case errors.As(err, &typ):
-			return nil, httpjson.Errorf(http.StatusBadRequest, `request body must be a JSON object such as {"workItems": ["Task1", "Task2"]}, not a JSON %s`, typ.Value)
+			return Plan{}, httpjson.Errorf(http.StatusBadRequest, `request body must be a JSON object such as {"workItems": ["Task1", "Task2"]}, not a JSON %s`, typ.Value)
 		case strings.HasPrefix(err.Error(), "json: unknown field"):
 			field := strings.TrimPrefix(err.Error(), "json: unknown field ")
-			return nil, httpjson.Errorf(http.StatusBadRequest, "unknown field %s in request body: the only field is workItems", field)
+			return Plan{}, httpjson.Errorf(http.StatusBadRequest, "unknown field %s in request body: the fields are workItems, count and maxParallelism", field)
 		}
-		return nil, httpjson.Errorf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
+		return Plan{}, httpjson.Errorf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, httpjson.Errorf(http.StatusBadRequest, "request body must hold one JSON object, but more follows it")
+		return Plan{}, httpjson.Errorf(http.StatusBadRequest, "request body must hold one JSON object, but more follows it")
 	}
-	if len(req.WorkItems) == 0 || string(req.WorkItems) == "null" {
-		return DefaultWorkItems, nil
+
+	var plan Plan
+	if given(req.MaxParallelism) {
+		n, err := positive(req.MaxParallelism, "maxParallelism", limits.MaxWorkItems)
+		if err != nil {
+			return Plan{}, err
+		}
+		plan.MaxParallelism = n
+	}
+	switch {
+	case given(req.Count) && given(req.WorkItems):
+		return Plan{}, httpjson.Errorf(http.StatusBadRequest, "give either workItems or count, not both")
+	case given(req.Count):
+		n, err := positive(req.Count, "count", limits.MaxWorkItems)
+		if err != nil {
+			return Plan{}, err
+		}
+		plan.Count = n
+		return plan, nil
+	case !given(req.WorkItems):
+		plan.Items = DefaultWorkItems
+		return plan, nil
 	}
 
 	var items []string
 	if err := json.Unmarshal(req.WorkItems, &items); err != nil {
-		return nil, httpjson.Errorf(http.StatusBadRequest, "workItems must be an array of strings")
+		return Plan{}, httpjson.Errorf(http.StatusBadRequest, "workItems must be an array of strings")
 	}
 	switch {
 	case len(items) == 0:
-		return nil, httpjson.Errorf(http.StatusBadRequest, "workItems is empty: name at least one item, or leave workItems out to process the default items")
+		return Plan{}, httpjson.Errorf(http.StatusBadRequest, "workItems is empty: name at least one item, or leave workItems out to process the default items")
 	case len(items) > limits.MaxWorkItems:
-		return nil, httpjson.Errorf(http.StatusBadRequest, "workItems has %d items: at most %d are allowed", len(items), limits.MaxWorkItems)
+		return Plan{}, httpjson.Errorf(http.StatusBadRequest, "workItems has %d items: at most %d are allowed", len(items), limits.MaxWorkItems)
 	}
 	for i, item := range items {
 		if strings.TrimSpace(item) == "" {
-			return nil, httpjson.Errorf(http.StatusBadRequest, "workItems[%d] is empty", i)
+			return Plan{}, httpjson.Errorf(http.StatusBadRequest, "workItems[%d] is empty", i)
 		}
 		if n := utf8.RuneCountInString(item); n > limits.MaxItemLength {
-			return nil, httpjson.Errorf(http.StatusBadRequest, "workItems[%d] is %d characters long: at most %d are allowed", i, n, limits.MaxItemLength)
+			return Plan{}, httpjson.Errorf(http.StatusBadRequest, "workItems[%d] is %d characters long: at most %d are allowed", i, n, limits.MaxItemLength)
 		}
 	}
-	return items, nil
+	plan.Items = items
+	return plan, nil
+}
+
+// given reports whether a request field was present and not null.
+func given(v json.RawMessage) bool { return len(v) > 0 && string(v) != "null" }
+
+// positive reads a whole number from 1 to most.
+func positive(v json.RawMessage, field string, most int) (int, error) {
+	var n int
+	if err := json.Unmarshal(v, &n); err != nil || n < 1 || n > most {
+		return 0, httpjson.Errorf(http.StatusBadRequest, "%s must be a whole number from 1 to %d", field, most)
+	}
+	return n, nil
 }
 
 // statusBody is the status function's answer, in Durable Functions' shape.

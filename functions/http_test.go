@@ -1,9 +1,10 @@
 package functions_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
 
 	"fanoutfanin/functions"
@@ -127,7 +129,14 @@ func TestStartRejectsBadInput(t *testing.T) {
 		{"blank item", "POST", `{"workItems": ["  "]}`, 400, "workItems[0] is empty"},
 		{"over-long item", "POST", `{"workItems": ["123456789"]}`, 400, "workItems[0] is 9 characters long: at most 8"},
 		{"too many items", "POST", `{"workItems": ["a", "b", "c", "d"]}`, 400, "workItems has 4 items: at most 3"},
-		{"unknown field", "POST", `{"workitem": ["a"]}`, 400, `unknown field "workitem"`},
+		{"unknown field", "POST", `{"workitem": ["a"]}`, 400, `unknown field "workitem" in request body: the fields are workItems, count and maxParallelism`},
+		{"items and count", "POST", `{"workItems": ["a"], "count": 2}`, 400, "give either workItems or count, not both"},
+		{"count zero", "POST", `{"count": 0}`, 400, "count must be a whole number from 1 to 3"},
+		{"count over the limit", "POST", `{"count": 4}`, 400, "count must be a whole number from 1 to 3"},
+		{"count not a number", "POST", `{"count": "2"}`, 400, "count must be a whole number from 1 to 3"},
+		{"maxParallelism zero", "POST", `{"count": 2, "maxParallelism": 0}`, 400, "maxParallelism must be a whole number from 1 to 3"},
+		{"maxParallelism fractional", "POST", `{"count": 2, "maxParallelism": 1.5}`, 400, "maxParallelism must be a whole number from 1 to 3"},
+		{"maxParallelism over the bound", "POST", `{"workItems": ["a"], "maxParallelism": 4}`, 400, "maxParallelism must be a whole number from 1 to 3"},
 		{"trailing data", "POST", `{"workItems": ["a"]} {}`, 400, "more follows"},
 		{"body too large", "POST", `{"workItems": ["` + strings.Repeat("a", 300) + `"]}`, 413, "larger than 200 bytes"},
 		{"wrong method", "GET", ``, 405, "fan_out_fan_in does not accept GET: use POST"},
@@ -178,6 +187,25 @@ func TestStartAnswersWithCheckStatus(t *testing.T) {
 	}
 }
 
+// {"count": N} processes Item1 … ItemN, with the settings' partition size
+// and the request's maxParallelism in the orchestration's input.
+func TestStartWithCount(t *testing.T) {
+	s := newServer(t, map[string]string{config.SettingPartitionSize: "4"})
+	r := do(t, "POST", s.URL+"/api/fan_out_fan_in", `{"count": 10, "maxParallelism": 3}`)
+	if r.status != http.StatusAccepted {
+		t.Fatalf("status %d: %s", r.status, r.raw)
+	}
+	st := waitForStatus(t, r.body["statusQueryGetUri"].(string), "Completed")
+	if got, want := string(mustJSON(t, st.body["input"])), `{"count":10,"maxParallelism":3,"partitionSize":4}`; got != want {
+		t.Errorf("input: got %s, want %s", got, want)
+	}
+	var out functions.Summary
+	json.Unmarshal(mustJSON(t, st.body["output"]), &out)
+	if out.TotalItemsProcessed != 10 || out.Partitions != 3 || len(out.ProcessedItems) != 10 || out.ProcessedItems[9] != "Processed_Item10" {
+		t.Errorf("output: %+v, want Item1 … Item10 over 3 partitions", out)
+	}
+}
+
 func TestStartUsesDefaultItems(t *testing.T) {
 	s := newServer(t, nil)
 	for _, body := range []string{"", "{}", `{"workItems": null}`, "  \n"} {
@@ -186,10 +214,10 @@ func TestStartUsesDefaultItems(t *testing.T) {
 			t.Fatalf("body %q: status %d: %s", body, r.status, r.raw)
 		}
 		st := waitForStatus(t, r.body["statusQueryGetUri"].(string), "Completed")
-		var input []string
+		var input functions.Plan
 		json.Unmarshal(mustJSON(t, st.body["input"]), &input)
-		if !slices.Equal(input, functions.DefaultWorkItems) {
-			t.Errorf("body %q: input %q, want the default items %q", body, input, functions.DefaultWorkItems)
+		if !slices.Equal(input.Items, functions.DefaultWorkItems) {
+			t.Errorf("body %q: input %+v, want the default items %q", body, input, functions.DefaultWorkItems)
 		}
 	}
 }
@@ -255,7 +283,7 @@ func TestStatus(t *testing.T) {
 	if got, want := b["instanceId"], r.body["id"]; got != want {
 		t.Errorf("instanceId: got %v, want %v", got, want)
 	}
-	if got, want := string(mustJSON(t, b["input"])), `["Task1","Task2","Task3"]`; got != want {
+	if got, want := string(mustJSON(t, b["input"])), `{"items":["Task1","Task2","Task3"],"partitionSize":1000}`; got != want {
 		t.Errorf("input: got %s, want %s", got, want)
 	}
 	if got, want := string(mustJSON(t, b["customStatus"])), `{"completed":3,"total":3}`; got != want {
@@ -293,31 +321,44 @@ func TestStatusOfUnknownInstance(t *testing.T) {
 	}
 }
 
-// mustNotSchedule is a task hub client for checks that a request changes
-// nothing: any call fails the test.
-type mustNotSchedule struct{ t *testing.T }
-
-func (m mustNotSchedule) ScheduleNewOrchestration(context.Context, string, ...api.NewOrchestrationOptions) (api.InstanceID, error) {
-	m.t.Error("an orchestration was scheduled")
-	return "", errors.New("must not schedule")
-}
-
-func (m mustNotSchedule) FetchOrchestrationMetadata(context.Context, api.InstanceID, ...api.FetchOrchestrationMetadataOptions) (*api.OrchestrationMetadata, error) {
-	m.t.Error("an instance was fetched")
-	return nil, errors.New("must not fetch")
-}
-
-// On a task hub that bounds inputs (the scheduler: 1 MiB), a start whose
-// input would be larger is refused before anything is scheduled.
-func TestStartRefusesAnInputOverTheHubsLimit(t *testing.T) {
-	limits := config.Limits{MaxWorkItems: 100, MaxItemLength: 100, MaxBodyBytes: 1 << 20}
-	h := functions.StartFanOut(mustNotSchedule{t}, limits, 64, func(*http.Request, string) string { return "" })
-	body := `{"workItems": ["` + strings.Repeat("a", 30) + `", "` + strings.Repeat("b", 30) + `"]}`
+// A start whose items are larger than one orchestration input may be sends
+// them after the start, in parts that fit; the orchestration runs them all,
+// in order.
+func TestStartSendsLargeInputsInParts(t *testing.T) {
+	r := task.NewTaskRegistry()
+	if err := functions.Register(r, 0, 0, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	hub := openHub(t, r)
+	limits := config.Limits{MaxWorkItems: 1000, MaxItemLength: 100, MaxBodyBytes: 1 << 20, PartitionSize: 1000}
+	h := functions.StartFanOut(hub, limits, 256, func(*http.Request, string) string { return "" })
+	items := make([]string, 100)
+	for i := range items {
+		items[i] = fmt.Sprintf("Part-of-a-large-start-%03d", i)
+	}
+	body, _ := json.Marshal(map[string]any{"workItems": items})
 	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest("POST", "/api/fan_out_fan_in", strings.NewReader(body)))
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/api/fan_out_fan_in", bytes.NewReader(body)))
 	var res map[string]string
 	json.Unmarshal(rec.Body.Bytes(), &res)
-	if rec.Code != http.StatusRequestEntityTooLarge || !strings.Contains(res["error"], "orchestration input of 67 bytes") || !strings.Contains(res["error"], "at most 64 bytes") {
-		t.Errorf("got %d %s, want 413 saying the input is 67 bytes and at most 64 are taken", rec.Code, rec.Body)
+	if rec.Code != http.StatusAccepted {
+		t.Fatalf("got %d %s, want 202", rec.Code, rec.Body)
+	}
+
+	md := waitFor(t, hub, api.InstanceID(res["id"]), complete)
+	var plan functions.Plan
+	json.Unmarshal([]byte(md.SerializedInput), &plan)
+	if plan.Chunks < 10 || plan.Total != len(items) || len(md.SerializedInput) > 256 {
+		t.Errorf("input %s: want the items announced in 10 or more parts of at most 256 bytes", md.SerializedInput)
+	}
+	var s functions.Summary
+	json.Unmarshal([]byte(md.SerializedOutput), &s)
+	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED || s.TotalItemsProcessed != len(items) {
+		t.Fatalf("got %v %s, want all %d items completed", md.RuntimeStatus, md.SerializedOutput, len(items))
+	}
+	for i, p := range s.ProcessedItems {
+		if p != "Processed_"+items[i] {
+			t.Fatalf("processed_items[%d]: got %q, want Processed_%s", i, p, items[i])
+		}
 	}
 }

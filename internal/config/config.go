@@ -31,11 +31,13 @@ type Config struct {
 	TaskHub     TaskHub
 }
 
-// Limits bound what one start request may ask for.
+// Limits bound what one start request may ask for, and how its work is
+// split.
 type Limits struct {
 	MaxWorkItems  int
 	MaxItemLength int // in characters
 	MaxBodyBytes  int64
+	PartitionSize int // items one orchestration runs itself
 }
 
 // Work is how long process_work_item pretends to work, drawn uniformly from
@@ -59,6 +61,9 @@ type TaskHub struct {
 	LockTimeout                 time.Duration
 	MaxConcurrentActivities     int
 	MaxConcurrentOrchestrations int
+	// The scheduler's limits on each payload and each orchestrator step:
+	// the worker never sends more, and larger inputs are split.
+	MaxPayloadBytes, MaxStepBytes int
 }
 
 // Embedded reports whether the hub runs in-process on SQLite.
@@ -74,6 +79,9 @@ const (
 	SettingMaxWorkItems  = "FANOUT_MAX_WORK_ITEMS"
 	SettingMaxItemLength = "FANOUT_MAX_ITEM_LENGTH"
 	SettingMaxBodyBytes  = "FANOUT_MAX_BODY_BYTES"
+	SettingPartitionSize = "FANOUT_PARTITION_SIZE"
+	SettingMaxPayload    = "FANOUT_SCHEDULER_MAX_PAYLOAD_BYTES"
+	SettingMaxStep       = "FANOUT_SCHEDULER_MAX_STEP_BYTES"
 	SettingWorkMinDelay  = "FANOUT_WORK_MIN_DELAY"
 	SettingWorkMaxDelay  = "FANOUT_WORK_MAX_DELAY"
 	SettingEmbeddedDir   = "FANOUT_EMBEDDED_DIR"
@@ -93,9 +101,23 @@ const (
 	DefaultWorkMaxDelay      = 2 * time.Second
 	DefaultLockTimeout       = 30 * time.Second
 
-	// MaxWorkItems is both the default and the ceiling: the embedded SQLite
-	// backend fails to schedule much more than 10,900 activities in one step.
-	MaxWorkItems = 10000
+	DefaultMaxWorkItems = 100_000
+	MaxWorkItems        = 1_000_000
+	// bodyBytesPerItem grows the default body limit with the item limit:
+	// room for items of a few dozen characters.
+	bodyBytesPerItem = 64
+
+	// DefaultPartitionSize: see functions.DefaultPartitionSize. At most
+	// MaxPartitionSize, as the embedded SQLite backend fails to schedule
+	// much more than 10,900 activities in one step.
+	DefaultPartitionSize = 1000
+	MaxPartitionSize     = 10_000
+
+	// The Durable Task Scheduler's limits: each payload, and each
+	// orchestrator step's completion message (the official SDKs' bound,
+	// below DTS's 4 MB).
+	DefaultMaxPayloadBytes = 1 << 20
+	DefaultMaxStepBytes    = 4_089_446
 
 	// MaxConcurrency bounds the host.json concurrency limits; each unit is a
 	// goroutine that may hold a work item.
@@ -143,15 +165,16 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		LogFormat:   p.oneOf(SettingLogFormat, "json", "json", "console"),
 		LogLevel:    p.level(SettingLogLevel),
 		Limits: Limits{
-			MaxWorkItems:  p.int(SettingMaxWorkItems, MaxWorkItems, 1, MaxWorkItems),
+			MaxWorkItems:  p.int(SettingMaxWorkItems, DefaultMaxWorkItems, 1, MaxWorkItems),
 			MaxItemLength: p.int(SettingMaxItemLength, DefaultMaxItemLength, 1, 1<<16),
-			MaxBodyBytes:  int64(p.int(SettingMaxBodyBytes, DefaultMaxBodyBytes, 2, 1<<30)),
+			PartitionSize: p.int(SettingPartitionSize, DefaultPartitionSize, 1, MaxPartitionSize),
 		},
 		Work: Work{
 			MinDelay: p.duration(SettingWorkMinDelay, DefaultWorkMinDelay),
 			MaxDelay: p.duration(SettingWorkMaxDelay, DefaultWorkMaxDelay),
 		},
 	}
+	cfg.Limits.MaxBodyBytes = int64(p.int(SettingMaxBodyBytes, max(DefaultMaxBodyBytes, bodyBytesPerItem*cfg.Limits.MaxWorkItems), 2, 1<<30))
 	if cfg.Work.MinDelay > cfg.Work.MaxDelay {
 		p.fail("%s (%s) is longer than %s (%s)", SettingWorkMinDelay, cfg.Work.MinDelay, SettingWorkMaxDelay, cfg.Work.MaxDelay)
 	}
@@ -169,6 +192,8 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		LockTimeout:                 p.duration(SettingLockTimeout, DefaultLockTimeout),
 		MaxConcurrentActivities:     DefaultConcurrency(),
 		MaxConcurrentOrchestrations: DefaultConcurrency(),
+		MaxPayloadBytes:             p.int(SettingMaxPayload, DefaultMaxPayloadBytes, 16<<10, 64<<20),
+		MaxStepBytes:                p.int(SettingMaxStep, DefaultMaxStepBytes, 64<<10, 256<<20),
 	}
 	hubNameValid := false // host.json gives a hub name, and a valid one
 	if dt.HubName != nil {

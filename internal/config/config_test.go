@@ -81,7 +81,8 @@ func TestLoadDefaults(t *testing.T) {
 	if got, want := cfg.LogLevel, zerolog.InfoLevel; got != want {
 		t.Errorf("LogLevel: got %v, want %v", got, want)
 	}
-	if got, want := cfg.Limits, (Limits{MaxWorkItems: 10000, MaxItemLength: 256, MaxBodyBytes: 1 << 20}); got != want {
+	// The body limit grows with the item limit: 64 bytes an item.
+	if got, want := cfg.Limits, (Limits{MaxWorkItems: 100_000, MaxItemLength: 256, MaxBodyBytes: 6_400_000, PartitionSize: 1000}); got != want {
 		t.Errorf("Limits: got %+v, want %+v", got, want)
 	}
 	if got, want := cfg.Work, (Work{MinDelay: 500 * time.Millisecond, MaxDelay: 2 * time.Second}); got != want {
@@ -112,6 +113,9 @@ func TestLoadDefaults(t *testing.T) {
 	}
 	if got, want := hub.MaxConcurrentOrchestrations, DefaultConcurrency(); got != want {
 		t.Errorf("TaskHub.MaxConcurrentOrchestrations: got %v, want %v", got, want)
+	}
+	if got, want := [2]int{hub.MaxPayloadBytes, hub.MaxStepBytes}, [2]int{1 << 20, 4_089_446}; got != want {
+		t.Errorf("TaskHub payload and step limits: got %v, want the scheduler's %v", got, want)
 	}
 	if got, want := DefaultConcurrency(), 10*runtime.GOMAXPROCS(0); got != want {
 		t.Errorf("DefaultConcurrency(): got %d, want 10 per processor, %d", got, want)
@@ -146,6 +150,7 @@ func TestLoadSettingsOverrideDefaults(t *testing.T) {
 		SettingMaxWorkItems:  "10000",
 		SettingMaxItemLength: "12",
 		SettingMaxBodyBytes:  "4096",
+		SettingPartitionSize: "250",
 		SettingWorkMinDelay:  "0",
 		SettingWorkMaxDelay:  "10ms",
 		SettingLockTimeout:   "1s",
@@ -159,7 +164,7 @@ func TestLoadSettingsOverrideDefaults(t *testing.T) {
 	if got, want := cfg.LogLevel, zerolog.DebugLevel; got != want {
 		t.Errorf("LogLevel: got %v, want %v", got, want)
 	}
-	if got, want := cfg.Limits, (Limits{MaxWorkItems: 10000, MaxItemLength: 12, MaxBodyBytes: 4096}); got != want {
+	if got, want := cfg.Limits, (Limits{MaxWorkItems: 10000, MaxItemLength: 12, MaxBodyBytes: 4096, PartitionSize: 250}); got != want {
 		t.Errorf("Limits: got %+v, want %+v", got, want)
 	}
 	if got, want := cfg.Work, (Work{MinDelay: 0, MaxDelay: 10 * time.Millisecond}); got != want {
@@ -413,9 +418,13 @@ func TestLoadSettingErrors(t *testing.T) {
 		want     []string
 	}{
 		{"max work items zero", map[string]string{SettingMaxWorkItems: "0"},
-			[]string{SettingMaxWorkItems, `"0"`, "from 1 to 10000"}},
-		{"max work items above the ceiling", map[string]string{SettingMaxWorkItems: "10001"},
-			[]string{SettingMaxWorkItems, `"10001"`, "from 1 to 10000"}},
+			[]string{SettingMaxWorkItems, `"0"`, "from 1 to 1000000"}},
+		{"max work items above the ceiling", map[string]string{SettingMaxWorkItems: "1000001"},
+			[]string{SettingMaxWorkItems, `"1000001"`, "from 1 to 1000000"}},
+		{"partition size above what one step can schedule", map[string]string{SettingPartitionSize: "10001"},
+			[]string{SettingPartitionSize, `"10001"`, "from 1 to 10000"}},
+		{"scheduler payload limit too small", map[string]string{SettingMaxPayload: "1000"},
+			[]string{SettingMaxPayload, "from 16384"}},
 		{"max work items not a number", map[string]string{SettingMaxWorkItems: "abc"},
 			[]string{SettingMaxWorkItems, `"abc"`, "whole number"}},
 		{"max body bytes too small", map[string]string{SettingMaxBodyBytes: "1"},

@@ -77,3 +77,7 @@ func (d defaultsClient) ScheduleNewOrchestration(ctx context.Context, name strin
 func (d defaultsClient) FetchOrchestrationMetadata(ctx context.Context, id api.InstanceID, _ ...api.FetchOrchestrationMetadataOptions) (*api.OrchestrationMetadata, error) {
 	return d.c.FetchOrchestrationMetadata(ctx, id)
 }
+
+func (d defaultsClient) RaiseEvent(ctx context.Context, id api.InstanceID, name string, opts ...api.RaiseEventOptions) error {
+	return d.c.RaiseEvent(ctx, id, name, opts...)
+}

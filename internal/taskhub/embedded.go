@@ -116,3 +116,7 @@ func (e embeddedClient) ScheduleNewOrchestration(ctx context.Context, orchestrat
 func (e embeddedClient) FetchOrchestrationMetadata(ctx context.Context, id api.InstanceID, _ ...api.FetchOrchestrationMetadataOptions) (*api.OrchestrationMetadata, error) {
 	return e.c.FetchOrchestrationMetadata(ctx, id)
 }
+
+func (e embeddedClient) RaiseEvent(ctx context.Context, id api.InstanceID, eventName string, opts ...api.RaiseEventOptions) error {
+	return e.c.RaiseEvent(ctx, id, eventName, opts...)
+}

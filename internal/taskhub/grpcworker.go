@@ -25,17 +25,6 @@ import (
 	"fanoutfanin/internal/config"
 )
 
-// Limits of the Durable Task Scheduler. A message it refuses would be
-// refused again on every redelivery, so the worker never sends one.
-const (
-	// MaxPayloadBytes bounds each payload: an orchestration's input, output
-	// and custom status, an activity's input and result, an event's data.
-	MaxPayloadBytes = 1 << 20
-	// maxCompletionBytes bounds a whole completion message; the official
-	// SDKs keep this much below DTS's 4 MB message limit.
-	maxCompletionBytes = 4_089_446
-)
-
 // Timings of the work-item stream. The first four are the official SDKs';
 // the SDKs retry a completion up to 10 times, but a completion that keeps
 // failing here is handed back sooner, to be done again.
@@ -78,6 +67,11 @@ type grpcWorker struct {
 	hub      string
 
 	orchestrationSlots, activitySlots chan struct{} // their capacities are the host.json limits
+	// The scheduler's limits on each payload (an orchestration's input,
+	// output and custom status, an activity's input and result, an event's
+	// data) and on each completion. A message it refuses would be refused
+	// again on every redelivery, so the worker never sends one.
+	maxPayloadBytes, maxStepBytes int
 
 	// Changed only by tests.
 	silentTimeout time.Duration
@@ -105,6 +99,8 @@ func newGRPCWorker(conn *grpc.ClientConn, exec backend.Executor, stopWork contex
 		conn: conn, exec: exec, log: log, endpoint: cfg.Scheduler.Host, hub: cfg.Name,
 		orchestrationSlots: make(chan struct{}, cfg.MaxConcurrentOrchestrations),
 		activitySlots:      make(chan struct{}, cfg.MaxConcurrentActivities),
+		maxPayloadBytes:    cfg.MaxPayloadBytes,
+		maxStepBytes:       cfg.MaxStepBytes,
 		silentTimeout:      silentTimeout,
 		reconnectBase:      reconnectBase,
 		stopWork:           stopWork,
@@ -347,12 +343,12 @@ func (w *grpcWorker) runOrchestrator(req orchestratorRequest, token string) {
 	}
 	res := results.Response
 	withToken(res, fieldOrchestratorRespToken, token)
-	if size, path := largestPayload(res); size > MaxPayloadBytes {
-		msg := fmt.Sprintf("the orchestrator produced a %d-byte payload (%s), over the scheduler's limit of %d bytes per payload: pass less data between steps, for example fewer or smaller work items per orchestration", size, path, MaxPayloadBytes)
+	if size, path := largestPayload(res); size > w.maxPayloadBytes {
+		msg := fmt.Sprintf("the orchestrator produced a %d-byte payload (%s), over the scheduler's limit of %d bytes per payload: pass less data between steps, for example with fewer items per partition (FANOUT_PARTITION_SIZE) or shorter items", size, path, w.maxPayloadBytes)
 		log.Error().Msg(msg)
 		failOrchestration(res, "PayloadTooLarge", msg)
-	} else if size := proto.Size(res); size > maxCompletionBytes {
-		msg := fmt.Sprintf("the orchestrator's step is %d bytes, over the scheduler's limit of %d bytes per step: schedule fewer activities at once, for example by splitting the work items over several orchestrations", size, maxCompletionBytes)
+	} else if size := proto.Size(res); size > w.maxStepBytes {
+		msg := fmt.Sprintf("the orchestrator's step is %d bytes, over the scheduler's limit of %d bytes per step: schedule less at once, for example with fewer items per partition (FANOUT_PARTITION_SIZE)", size, w.maxStepBytes)
 		log.Error().Msg(msg)
 		failOrchestration(res, "OrchestratorResponseTooLarge", msg)
 	}
@@ -377,8 +373,8 @@ func (w *grpcWorker) runActivity(req activityRequest, token string) {
 		return
 	}
 	res := activityResponse(id, taskID, outcome)
-	if size := len(outcome.GetTaskCompleted().GetResult().GetValue()); size > MaxPayloadBytes {
-		msg := fmt.Sprintf("activity %s returned %d bytes, over the scheduler's limit of %d bytes per payload", req.GetName(), size, MaxPayloadBytes)
+	if size := len(outcome.GetTaskCompleted().GetResult().GetValue()); size > w.maxPayloadBytes {
+		msg := fmt.Sprintf("activity %s returned %d bytes, over the scheduler's limit of %d bytes per payload", req.GetName(), size, w.maxPayloadBytes)
 		log.Error().Msg(msg)
 		res = failedActivityResponse(id, taskID, "PayloadTooLarge", msg)
 	}

@@ -26,7 +26,7 @@ func startWorker(t *testing.T, srv *dtstest.Server, silent time.Duration) {
 	}
 	work, stopWork := context.WithCancel(context.Background())
 	exec := hubExecutor{Executor: task.NewTaskExecutor(task.NewTaskRegistry()), log: zerolog.Nop(), work: work}
-	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 2, MaxConcurrentActivities: 2})
+	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 2, MaxConcurrentActivities: 2, MaxPayloadBytes: config.DefaultMaxPayloadBytes, MaxStepBytes: config.DefaultMaxStepBytes})
 	w.silentTimeout = silent
 	w.reconnectBase = 10 * time.Millisecond
 	w.start()
@@ -112,7 +112,7 @@ func TestWorkerHoldsItsActivityLimit(t *testing.T) {
 	})
 	work, stopWork := context.WithCancel(context.Background())
 	exec := hubExecutor{Executor: task.NewTaskExecutor(r), log: zerolog.Nop(), work: work}
-	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 1, MaxConcurrentActivities: 2})
+	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 1, MaxConcurrentActivities: 2, MaxPayloadBytes: config.DefaultMaxPayloadBytes, MaxStepBytes: config.DefaultMaxStepBytes})
 	for i := range 10 {
 		w.dispatch(activityItem("instance", int32(i), "slow"))
 	}

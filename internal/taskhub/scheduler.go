@@ -70,7 +70,7 @@ func openScheduler(cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.
 		err := w.stop(ctx)
 		return errors.Join(err, workerConn.Close(), clientConn.Close())
 	}
-	return &Hub{Client: c, MaxPayloadBytes: MaxPayloadBytes, close: closeHub}, nil
+	return &Hub{Client: c, MaxPayloadBytes: cfg.MaxPayloadBytes, close: closeHub}, nil
 }
 
 // UnavailableError says the scheduler could not be used: it is down or
@@ -101,6 +101,12 @@ func (g grpcClient) ScheduleNewOrchestration(ctx context.Context, orchestrator s
 	defer cancel()
 	id, err := g.c.ScheduleNewOrchestration(ctx, orchestrator, opts...)
 	return id, g.unavailable(ctx, err)
+}
+
+func (g grpcClient) RaiseEvent(ctx context.Context, id api.InstanceID, name string, opts ...api.RaiseEventOptions) error {
+	ctx, cancel := context.WithTimeout(ctx, clientCallTimeout)
+	defer cancel()
+	return g.unavailable(ctx, g.c.RaiseEvent(ctx, id, name, opts...))
 }
 
 // FetchOrchestrationMetadata calls GetInstance itself, always with

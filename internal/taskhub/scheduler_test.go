@@ -60,7 +60,7 @@ func waitFailed(t *testing.T, c taskhub.Client, id api.InstanceID) string {
 // limit it hit and how to stay under it, and its failure details reach the
 // client.
 func TestSchedulerLimitsFailTheOrchestrationClearly(t *testing.T) {
-	big := strings.Repeat("x", taskhub.MaxPayloadBytes+1)
+	big := strings.Repeat("x", config.DefaultMaxPayloadBytes+1)
 	r := task.NewTaskRegistry()
 	r.AddOrchestratorN("big_status", func(ctx *task.OrchestrationContext) (any, error) {
 		ctx.SetCustomStatus(big)

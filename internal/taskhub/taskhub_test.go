@@ -26,6 +26,8 @@ func hubConfig(file string) config.TaskHub {
 		LockTimeout:                 30 * time.Second,
 		MaxConcurrentActivities:     config.DefaultConcurrency(),
 		MaxConcurrentOrchestrations: config.DefaultConcurrency(),
+		MaxPayloadBytes:             config.DefaultMaxPayloadBytes,
+		MaxStepBytes:                config.DefaultMaxStepBytes,
 	}
 }
 
