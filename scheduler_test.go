@@ -238,10 +238,11 @@ func TestSchedulerConformance(t *testing.T) {
 }
 
 // With the scheduler's limits lowered to 16 KiB a payload and 64 KiB a
-// message, a few hundred items take every path that keeps a large fan-out
-// within them: the items follow the start in parts, run in partitions, and
-// the summary leaves out a list too large to carry. Nothing sent is over the
-// limits, and every item is counted once.
+// message, a few hundred long items take every path that keeps a large
+// fan-out within them: the items follow the start in parts, run in
+// partitions started over several steps, and the summary leaves out a list
+// too large to carry. Nothing sent is over the limits, and every item is
+// counted once.
 func TestSchedulerLargeFanOutWithinLimits(t *testing.T) {
 	root := newAppRoot(t, nil)
 	upstream, _ := dtstest.StartSidecar(t, 0, filepath.Join(root, "sidecar.sqlite"))
@@ -259,14 +260,16 @@ func TestSchedulerLargeFanOutWithinLimits(t *testing.T) {
 	p := startHandler(t, root, onScheduler(t, srv.Addr(),
 		"FANOUT_SCHEDULER_MAX_PAYLOAD_BYTES", "16384",
 		"FANOUT_SCHEDULER_MAX_STEP_BYTES", "65536",
-		"FANOUT_PARTITION_SIZE", "50"))
+		"FANOUT_PARTITION_SIZE", "25"))
 	p.waitReady(t)
 
 	items := make([]string, 300)
 	for i := range items {
-		items[i] = fmt.Sprintf("%03d-%s", i, strings.Repeat("large-fan-out-", 4))
+		items[i] = fmt.Sprintf("%03d-%s", i, strings.Repeat("a-long-work-item-", 14)) // 242 characters
 	}
-	body, _ := json.Marshal(map[string]any{"workItems": items, "maxParallelism": 4})
+	// Twelve partitions at once: their inputs, some 6 KB each, are more than one
+	// 64 KiB step can start.
+	body, _ := json.Marshal(map[string]any{"workItems": items, "maxParallelism": 12})
 	code, _, res := p.forward(t, "POST", "/api/fan_out_fan_in", string(body))
 	if code != http.StatusAccepted {
 		t.Fatalf("start: got %d %v", code, res)
@@ -274,8 +277,8 @@ func TestSchedulerLargeFanOutWithinLimits(t *testing.T) {
 	id := res["id"].(string)
 	st := pollStatus(t, p, id, "Completed")
 	out := st["output"].(map[string]any)
-	if out["total_items_processed"] != float64(len(items)) || out["processed_items_omitted"] != true || out["partitions"] != 6.0 {
-		t.Errorf("output: %v, want %d items over 6 partitions, processed_items omitted", out, len(items))
+	if out["total_items_processed"] != float64(len(items)) || out["processed_items_omitted"] != true || out["partitions"] != 12.0 {
+		t.Errorf("output: %v, want %d items over 12 partitions, processed_items omitted", out, len(items))
 	}
 	var input map[string]any
 	json.Unmarshal(mustMarshal(st["input"]), &input)
@@ -283,10 +286,10 @@ func TestSchedulerLargeFanOutWithinLimits(t *testing.T) {
 		t.Errorf("input %v: want the items sent in parts", input)
 	}
 	// Each partition's status lists its share of the items.
-	_, _, part := p.forward(t, "GET", "/api/status/"+id+":p5", "")
+	_, _, part := p.forward(t, "GET", "/api/status/"+id+":p11", "")
 	listed, _ := part["output"].(map[string]any)["processed_items"].([]any)
-	if len(listed) != 50 || listed[49] != "Processed_"+items[299] {
-		t.Errorf("partition 5 lists %d items (last %v), want the last 50", len(listed), listed[len(listed)-1])
+	if len(listed) != 25 || listed[24] != "Processed_"+items[299] {
+		t.Errorf("partition 11 lists %d items, want the last 25", len(listed))
 	}
 
 	for _, v := range srv.Violations() {
@@ -301,7 +304,7 @@ func TestSchedulerLargeFanOutWithinLimits(t *testing.T) {
 		processed += n
 	}
 	// Every item, and aggregate_results in each partition and the parent.
-	if want := len(items) + 6 + 1; processed != want {
+	if want := len(items) + 12 + 1; processed != want {
 		t.Errorf("activities completed: %d, want %d", processed, want)
 	}
 	if largest := srv.Stats().LargestRequestBytes; largest > 64<<10 {

@@ -72,6 +72,9 @@ type Plan struct {
 	// ListBytes bounds processed_items in the summary; 0 means
 	// DefaultListBytes.
 	ListBytes int `json:"listBytes,omitempty"`
+	// StepBytes bounds the partitions' inputs started in one orchestrator
+	// step; 0 means no bound.
+	StepBytes int `json:"stepBytes,omitempty"`
 }
 
 // ItemResult is what process_work_item returns for one work item.
@@ -338,10 +341,19 @@ func fanOutPartitions(ctx *task.OrchestrationContext, work items, size int, plan
 		return w
 	}
 	partials := make([]Summary, count)
+	stepBytes := 0 // partitions' inputs started in this step
 	tasks := slide(ctx, count, running, func(k, slot int) task.Task {
 		p := work.slice(k*size, min(n, (k+1)*size))
 		p.Window = share(slot)
-		return ctx.CallSubOrchestrator(PartitionName, task.WithSubOrchestratorInput(p),
+		input, _ := json.Marshal(p) // strings and ints always encode
+		if plan.StepBytes > 0 && stepBytes > 0 && stepBytes+len(input) > plan.StepBytes {
+			// A step must stay under the scheduler's message limit: end
+			// this one, with a timer due at once, and start the rest after.
+			ctx.CreateTimer(0).Await(nil)
+			stepBytes = 0
+		}
+		stepBytes += len(input)
+		return ctx.CallSubOrchestrator(PartitionName, task.WithRawSubOrchestratorInput(string(input)),
 			task.WithSubOrchestrationInstanceID(PartitionID(string(ctx.ID), k)))
 	}, func(done []bool) {
 		// A partition's items count once the whole partition has finished.

@@ -33,11 +33,10 @@ type HTTPFunction struct {
 // status function for an instance.
 type StatusURL func(r *http.Request, instanceID string) string
 
-// HTTP returns the app's HTTP functions. maxInputBytes bounds an
-// orchestration's input on the task hub (0: no bound).
-func HTTP(hub taskhub.Client, limits config.Limits, maxInputBytes int, statusURL StatusURL) []HTTPFunction {
+// HTTP returns the app's HTTP functions. bounds are the task hub's.
+func HTTP(hub taskhub.Client, limits config.Limits, bounds taskhub.Bounds, statusURL StatusURL) []HTTPFunction {
 	return []HTTPFunction{
-		{Name: "fan_out_fan_in", Handler: StartFanOut(hub, limits, maxInputBytes, statusURL)},
+		{Name: "fan_out_fan_in", Handler: StartFanOut(hub, limits, bounds, statusURL)},
 		{Name: "status", RouteParams: []string{"instanceId"}, Handler: Status(hub, statusURL)},
 	}
 }
@@ -60,10 +59,11 @@ type checkStatus struct {
 }
 
 // StartFanOut is fan_out_fan_in: it validates the request, schedules the
-// orchestration and answers 202 with where to watch it. maxInputBytes bounds
-// one orchestration input on the task hub (0: no bound); work items that do
-// not fit one follow the start as events, in parts that do.
-func StartFanOut(hub taskhub.Client, limits config.Limits, maxInputBytes int, statusURL StatusURL) http.Handler {
+// orchestration and answers 202 with where to watch it. Work items that do
+// not fit one orchestration input on the task hub (bounds) follow the start
+// as events, in parts that do.
+func StartFanOut(hub taskhub.Client, limits config.Limits, bounds taskhub.Bounds, statusURL StatusURL) http.Handler {
+	maxInputBytes := bounds.MaxPayloadBytes
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		plan, err := readStartRequest(w, r, limits)
 		if err != nil {
@@ -71,9 +71,9 @@ func StartFanOut(hub taskhub.Client, limits config.Limits, maxInputBytes int, st
 			return
 		}
 		plan.PartitionSize = limits.PartitionSize
-		if maxInputBytes > 0 {
-			plan.ListBytes = maxInputBytes * 3 / 4
-		}
+		// Three quarters: the rest of a summary or a step needs room too.
+		plan.ListBytes = maxInputBytes * 3 / 4
+		plan.StepBytes = bounds.MaxStepBytes * 3 / 4
 		var chunks [][]string
 		if input, _ := json.Marshal(plan); maxInputBytes > 0 && len(input) > maxInputBytes {
 			chunks = chunk(plan.Items, maxInputBytes*3/4)

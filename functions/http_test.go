@@ -21,6 +21,7 @@ import (
 	"fanoutfanin/internal/app"
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/hubfile"
+	"fanoutfanin/internal/taskhub"
 )
 
 // server is the whole app in this process, on the repository's own host.json
@@ -331,7 +332,7 @@ func TestStartSendsLargeInputsInParts(t *testing.T) {
 	}
 	hub := openHub(t, r)
 	limits := config.Limits{MaxWorkItems: 1000, MaxItemLength: 100, MaxBodyBytes: 1 << 20, PartitionSize: 1000}
-	h := functions.StartFanOut(hub, limits, 256, func(*http.Request, string) string { return "" })
+	h := functions.StartFanOut(hub, limits, taskhub.Bounds{MaxPayloadBytes: 256}, func(*http.Request, string) string { return "" })
 	items := make([]string, 100)
 	for i := range items {
 		items[i] = fmt.Sprintf("Part-of-a-large-start-%03d", i)

@@ -111,7 +111,7 @@ func Open(ctx context.Context, cfg config.Config, log zerolog.Logger, logOut io.
 		return customhandler.BaseURL(r) + status.Path(cfg.RoutePrefix, map[string]string{"instanceId": instanceID})
 	}
 	var handlers []customhandler.Handler
-	for _, f := range functions.HTTP(hub.Client, cfg.Limits, hub.MaxPayloadBytes, statusURL) {
+	for _, f := range functions.HTTP(hub.Client, cfg.Limits, hub.Bounds, statusURL) {
 		handlers = append(handlers, customhandler.Handler{Name: f.Name, RouteParams: f.RouteParams, Handler: f.Handler})
 	}
 	router, err := customhandler.NewRouter(fns, handlers, customhandler.Options{

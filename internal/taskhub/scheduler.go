@@ -70,7 +70,7 @@ func openScheduler(cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.
 		err := w.stop(ctx)
 		return errors.Join(err, workerConn.Close(), clientConn.Close())
 	}
-	return &Hub{Client: c, MaxPayloadBytes: cfg.MaxPayloadBytes, close: closeHub}, nil
+	return &Hub{Client: c, Bounds: Bounds{MaxPayloadBytes: cfg.MaxPayloadBytes, MaxStepBytes: cfg.MaxStepBytes}, close: closeHub}, nil
 }
 
 // UnavailableError says the scheduler could not be used: it is down or

@@ -24,10 +24,15 @@ type Client interface {
 // Hub is an open task hub: a client, and a worker running in this process.
 type Hub struct {
 	Client Client
-	// MaxPayloadBytes bounds an orchestration's input on this backend; 0
-	// means no bound.
-	MaxPayloadBytes int
-	close           func(context.Context) error
+	Bounds Bounds
+	close  func(context.Context) error
+}
+
+// Bounds are what the backend accepts in one payload (an orchestration's
+// input, an event's data, …) and in one orchestrator step; 0 means no
+// bound.
+type Bounds struct {
+	MaxPayloadBytes, MaxStepBytes int
 }
 
 // Close stops taking new work and waits, until ctx ends, for work in flight.
