@@ -29,18 +29,11 @@ test:
 	$(GO) test -race -count=1 ./...
 	$(GO) test -count=1 -run 'TestTwentyThousandItems' ./functions/
 
-## bench: the fan-out benchmarks; results, with the machine, go to BENCHMARKS.md
+## bench: builds the handler and measures it end to end (internal/bench); the results, with the
+## machine, go to BENCHMARKS.md. Takes some minutes. BENCHFLAGS=-million adds 1,000,000 items;
+## BENCHFLAGS=-partition-sizes=250,500,1000,2000 compares FANOUT_PARTITION_SIZE values
 bench:
-	@{ \
-	  echo "# Benchmarks"; echo; \
-	  echo "Whole fan-out/fan-in orchestrations (no simulated work, so the task hub itself is measured), on the"; \
-	  echo "embedded hub as the handler opens it and on durabletask-go's SQLite backend with library defaults."; \
-	  echo "Written by \`make bench\` on $$(date -u +%Y-%m-%d): $$(nproc) cores ($$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"; \
-	  echo "$$(awk '/MemTotal/{printf "%.0f GiB", $$2/1048576}' /proc/meminfo) memory, $$($(GO) version | cut -d' ' -f3-)."; \
-	  echo; echo '```'; \
-	  $(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./internal/taskhub/ 2>&1; \
-	  echo '```'; \
-	} > BENCHMARKS.md.tmp && mv BENCHMARKS.md.tmp BENCHMARKS.md && cat BENCHMARKS.md
+	$(GO) run ./internal/bench $(BENCHFLAGS)
 
 ## package: dist/app.zip, ready for `func azure functionapp publish` or zip deploy (Linux amd64)
 package:

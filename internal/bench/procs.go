@@ -1,0 +1,297 @@
+package main
+
+// Child processes (the handler, the sidecar) and what /proc says about them.
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// stopGrace is how long a child gets to exit after SIGTERM before it is
+// killed: the handler drains its work for up to 10 s on SIGTERM.
+const stopGrace = 15 * time.Second
+
+// child is a process the benchmark started and must stop, whatever happens.
+type child struct {
+	name     string
+	cmd      *exec.Cmd
+	output   *tailBuffer // the last of its stdout and stderr, for error messages
+	exited   chan struct{}
+	waitErr  error // set before exited is closed
+	stopOnce sync.Once
+}
+
+// startChild starts cmd in its own process group, so that a Ctrl-C at the
+// terminal reaches only the benchmark, which then stops its children in
+// order; and with a parent-death signal, so that a benchmark killed outright
+// leaves none behind.
+func startChild(name string, cmd *exec.Cmd) (*child, error) {
+	c := &child{name: name, cmd: cmd, output: &tailBuffer{max: 32 << 10}, exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = c.output, c.output
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting the %s: %w", name, err)
+	}
+	go func() {
+		c.waitErr = cmd.Wait()
+		close(c.exited)
+	}()
+	return c, nil
+}
+
+func (c *child) pid() int { return c.cmd.Process.Pid }
+
+// running returns an error, with the child's last output, if it has exited.
+func (c *child) running() error {
+	select {
+	case <-c.exited:
+		return fmt.Errorf("the %s exited unexpectedly (%v); its last output:\n%s", c.name, c.waitErr, c.output)
+	default:
+		return nil
+	}
+}
+
+// stop sends SIGTERM, as the Functions host does, and kills the child if it
+// has not exited within stopGrace. Safe to call more than once.
+func (c *child) stop() {
+	c.stopOnce.Do(func() {
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.exited:
+		case <-time.After(stopGrace):
+			_ = c.cmd.Process.Kill()
+			<-c.exited
+		}
+	})
+}
+
+// tailBuffer keeps the last max bytes written to it: the sidecar logs every
+// work item, and only the end matters when something fails.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > 2*t.max { // trim now and then, not on every write
+		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(bytes.Clone(t.b[max(0, len(t.b)-t.max):]))
+}
+
+// handler is the function app's handler running as a child process.
+type handler struct {
+	*child
+	baseURL string
+}
+
+// startHandler starts the handler in appRoot as the Functions host does: the
+// app root as working directory and in FUNCTIONS_APP_ROOT_PATH, a free port
+// in FUNCTIONS_CUSTOMHANDLER_PORT, and settings as app settings. It returns
+// once GET / answers.
+func startHandler(ctx context.Context, appRoot string, settings map[string]string) (*handler, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	env := inheritedEnv()
+	for k, v := range settings {
+		env = append(env, k+"="+v)
+	}
+	env = append(env,
+		"FUNCTIONS_CUSTOMHANDLER_PORT="+strconv.Itoa(port),
+		"FUNCTIONS_APP_ROOT_PATH="+appRoot,
+	)
+	cmd := exec.Command(filepath.Join(appRoot, "handler"))
+	cmd.Dir = appRoot
+	cmd.Env = env
+	c, err := startChild("handler", cmd)
+	if err != nil {
+		return nil, err
+	}
+	h := &handler{child: c, baseURL: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	if err := h.waitReady(ctx); err != nil {
+		h.stop()
+		return nil, err
+	}
+	return h, nil
+}
+
+// waitReady probes GET / every 25 ms, as the host does, until any answer,
+// for at most 30 s (the host's initializationTimeout).
+func (h *handler) waitReady(ctx context.Context) error {
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if err := h.running(); err != nil {
+			return err
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, h.baseURL+"/", nil)
+		if res, err := client.Do(req); err == nil {
+			res.Body.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the handler did not answer GET / within 30 s; its output:\n%s", h.output)
+		}
+		if err := sleep(ctx, 25*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// inheritedEnv is this process's environment without the app's own settings,
+// so that a FANOUT_* or scheduler setting in the caller's shell cannot
+// change what is measured.
+func inheritedEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(name, "FANOUT_") || strings.HasPrefix(name, "FUNCTIONS_") ||
+			name == "DURABLE_TASK_SCHEDULER_CONNECTION_STRING" {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// startSidecar starts the upstream durabletask-go sidecar on a free loopback
+// port with its SQLite file at db, and returns once it accepts connections.
+func startSidecar(ctx context.Context, binary, db string) (*child, string, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, "", err
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	c, err := startChild("sidecar", exec.Command(binary, "-host", "127.0.0.1", "-port", strconv.Itoa(port), "-db", db))
+	if err != nil {
+		return nil, "", err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if err := c.running(); err != nil {
+			return nil, "", err
+		}
+		if conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+			conn.Close()
+			return c, addr, nil
+		}
+		if time.Now().After(deadline) {
+			c.stop()
+			return nil, "", fmt.Errorf("the sidecar did not listen on %s within 30 s; its output:\n%s", addr, c.output)
+		}
+		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			c.stop()
+			return nil, "", err
+		}
+	}
+}
+
+// freePort returns a loopback TCP port that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("finding a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// peakRSS is the process's peak resident set size in bytes (VmHWM).
+func peakRSS(pid int) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(data)) {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("reading VmHWM of process %d: %w", pid, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+}
+
+// cpuUsage is a process's CPU time so far, in user mode and in the kernel.
+type cpuUsage struct{ user, sys time.Duration }
+
+func (c cpuUsage) total() time.Duration { return c.user + c.sys }
+
+func (c cpuUsage) minus(d cpuUsage) cpuUsage { return cpuUsage{c.user - d.user, c.sys - d.sys} }
+
+// cpuTime reads the process's CPU time so far (utime and stime in
+// /proc/<pid>/stat, in clock ticks of clkTck a second).
+func cpuTime(pid, clkTck int) (cpuUsage, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return cpuUsage{}, err
+	}
+	// The command name, field 2, is in parentheses and may hold spaces, so
+	// count fields after its closing parenthesis: state is field 3, utime
+	// and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return cpuUsage{}, fmt.Errorf("unexpected /proc/%d/stat: %q", pid, data)
+	}
+	fields := strings.Fields(string(data[i+1:]))
+	if len(fields) < 13 {
+		return cpuUsage{}, fmt.Errorf("unexpected /proc/%d/stat: %q", pid, data)
+	}
+	var ticks [2]int64
+	for k, f := range fields[11:13] {
+		if ticks[k], err = strconv.ParseInt(f, 10, 64); err != nil {
+			return cpuUsage{}, fmt.Errorf("reading /proc/%d/stat: %w", pid, err)
+		}
+	}
+	tick := time.Second / time.Duration(clkTck)
+	return cpuUsage{user: time.Duration(ticks[0]) * tick, sys: time.Duration(ticks[1]) * tick}, nil
+}
+
+// clockTicks is the kernel's clock ticks a second as /proc reports them
+// (USER_HZ), 100 on every Linux unless getconf says otherwise.
+func clockTicks() int {
+	out, err := exec.Command("getconf", "CLK_TCK").Output()
+	if err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(out))); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 100
+}
+
+// sleep waits d, or returns early with the context's error.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-t.C:
+		return nil
+	}
+}
