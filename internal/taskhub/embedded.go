@@ -44,6 +44,12 @@ func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRe
 		stopWork()
 		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
 	}
+	batches, err := openActivityBatches(embeddedDSN(cfg.EmbeddedFile), cfg.LockTimeout, cfg.MaxConcurrentActivities)
+	if err != nil {
+		stopWork()
+		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
+	}
+	be.activities = batches
 
 	exec := hubExecutor{Executor: task.NewTaskExecutor(registry), log: log, work: workCtx}
 	orchestrations := backend.NewOrchestrationWorker(be, exec, dtLog, backend.WithMaxParallelism(int32(cfg.MaxConcurrentOrchestrations)))
@@ -80,12 +86,13 @@ func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRe
 		defer stopWork()
 		select {
 		case <-drained:
-			return nil
+			return batches.close(context.WithoutCancel(ctx))
 		case <-ctx.Done():
 			// Cancel what is still running; the workers hand it back.
 			stopWork()
 			<-drained
-			return fmt.Errorf("work still running when the shutdown grace period ended was handed back: %w", ctx.Err())
+			return errors.Join(fmt.Errorf("work still running when the shutdown grace period ended was handed back: %w", ctx.Err()),
+				batches.close(context.WithoutCancel(ctx)))
 		}
 	}
 	return &Hub{Client: embeddedClient{backend.NewTaskHubClient(be)}, close: closeHub}, nil

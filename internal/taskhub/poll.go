@@ -41,17 +41,19 @@ func signal(c chan struct{}) {
 	}
 }
 
-// hubBackend wraps the SQLite backend for two reasons. It wakes the worker
-// that has new work after each write that makes some. And it separates the
-// work on an item from the fetching of it: durabletask-go processes an item
+// hubBackend wraps the SQLite backend for three reasons. It takes and
+// records activity work items in batches (activityBatches). It wakes the
+// worker that has new work after each write that makes some. And it
+// separates the work on an item from the fetching of it: durabletask-go processes an item
 // with the context it was fetched with, so stopping the poll loops would also
 // cancel the items in flight before they could be completed or handed back.
 // Their database calls run under work instead, which is cancelled only when
 // the shutdown grace period is over; handing an item back is never cancelled.
 type hubBackend struct {
 	backend.Backend
-	wake wakeups
-	work context.Context
+	wake       wakeups
+	work       context.Context
+	activities *activityBatches
 }
 
 func (b hubBackend) CreateOrchestrationInstance(ctx context.Context, e *backend.HistoryEvent, opts ...backend.OrchestrationIdReusePolicyOptions) error {
@@ -83,14 +85,19 @@ func (b hubBackend) AbandonOrchestrationWorkItem(ctx context.Context, wi *backen
 	return err
 }
 
+func (b hubBackend) GetActivityWorkItem(ctx context.Context) (*backend.ActivityWorkItem, error) {
+	return b.activities.next(ctx)
+}
+
 func (b hubBackend) CompleteActivityWorkItem(_ context.Context, wi *backend.ActivityWorkItem) error {
-	err := b.Backend.CompleteActivityWorkItem(b.work, wi)
+	err := b.activities.complete(wi)
 	signal(b.wake.orchestrations)
 	return err
 }
 
 func (b hubBackend) AbandonActivityWorkItem(ctx context.Context, wi *backend.ActivityWorkItem) error {
 	err := b.Backend.AbandonActivityWorkItem(context.WithoutCancel(ctx), wi)
+	b.activities.release()
 	signal(b.wake.activities)
 	return err
 }

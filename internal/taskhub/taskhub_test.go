@@ -3,9 +3,11 @@ package taskhub_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/hubfile"
 	"fanoutfanin/internal/taskhub"
 )
 
@@ -220,5 +223,54 @@ func TestCloseLetsWorkInFlightFinish(t *testing.T) {
 	md := waitComplete(t, hub.Client, id, 20*time.Second)
 	if !strings.Contains(md.SerializedOutput, `"total_value":21`) {
 		t.Errorf("output: %s", md.SerializedOutput)
+	}
+}
+
+// Activities are taken from the file in batches, but never more than the
+// worker can run at once: an item taken and left waiting would hold its lock
+// while it waits, and another process could not take it.
+func TestActivitiesTakenAreNeverMoreThanTheLimit(t *testing.T) {
+	ctx := context.Background()
+	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
+	cfg.MaxConcurrentActivities = 3
+	var mu sync.Mutex
+	most := 0
+	slow := task.NewTaskRegistry()
+	slow.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
+	slow.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
+	slow.AddActivityN(functions.ProcessWorkItemName, func(actx task.ActivityContext) (any, error) {
+		locked, _, err := hubfile.Locked(cfg.EmbeddedFile)
+		if err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		most = max(most, locked)
+		mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+		var item string
+		actx.GetInput(&item)
+		return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: 1}, nil
+	})
+	hub, err := taskhub.Open(ctx, cfg, slow, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(ctx)
+	items := make([]string, 30)
+	for i := range items {
+		items[i] = fmt.Sprintf("Task%d", i)
+	}
+	id, err := hub.Client.ScheduleNewOrchestration(ctx, functions.OrchestratorName, api.WithInput(items))
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := waitComplete(t, hub.Client, id, 60*time.Second)
+	if !strings.Contains(md.SerializedOutput, `"total_items_processed":30`) {
+		t.Errorf("output: %s", md.SerializedOutput)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if most < 2 || most > cfg.MaxConcurrentActivities {
+		t.Errorf("activity work items locked at once: at most %d seen; want some, never more than %d", most, cfg.MaxConcurrentActivities)
 	}
 }
