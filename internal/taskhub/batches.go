@@ -17,14 +17,19 @@ import (
 	"github.com/microsoft/durabletask-go/backend"
 )
 
-// maxCompletionBatch bounds the activity results one transaction records.
-const maxCompletionBatch = 256
+// maxWriteBatch bounds the writes one transaction makes.
+const maxWriteBatch = 256
+
+// errInstanceExists: a new instance's id is taken; the backend decides what
+// that means.
+var errInstanceExists = errors.New("an instance with this id exists")
 
 // activityBatches takes the embedded hub's activity work items from its file
-// in batches, and records their results in batches. durabletask-go's SQLite
-// backend spends a write transaction on each item to take it and another to
-// record its result, all on one connection; those transactions bound a
-// fan-out's speed. This uses a connection of its own to the same file and
+// in batches, and records their results, and new instances, in batches.
+// durabletask-go's SQLite backend spends a write transaction on each item to
+// take it and another to record its result, and one on each start, all on
+// one connection; those transactions bound a fan-out's speed, and a start
+// waits behind them. This uses a connection of its own to the same file and
 // the backend's own tables, so items it holds look, to every process sharing
 // the file, like items the backend holds: locked until LockExpiration.
 type activityBatches struct {
@@ -37,13 +42,15 @@ type activityBatches struct {
 	ready []*backend.ActivityWorkItem // taken, not yet handed to the worker
 	held  int                         // taken and not yet completed or abandoned
 
-	completions chan completion
-	committed   chan struct{} // closed when the committer has stopped
+	writes    chan write
+	committed chan struct{} // closed when the committer has stopped
 }
 
-type completion struct {
-	item *backend.ActivityWorkItem
-	done chan error
+// write is one activity's result to record, or one instance to create.
+type write struct {
+	result *backend.ActivityWorkItem
+	start  *backend.HistoryEvent
+	done   chan error
 }
 
 func openActivityBatches(dsn string, lockFor time.Duration, capacity int) (*activityBatches, error) {
@@ -55,12 +62,12 @@ func openActivityBatches(dsn string, lockFor time.Duration, capacity int) (*acti
 	db.SetMaxOpenConns(1)
 	host, _ := os.Hostname()
 	b := &activityBatches{
-		db:          db,
-		owner:       strings.Join([]string{host, strconv.Itoa(os.Getpid()), uuid.NewString()}, ","),
-		lockFor:     lockFor,
-		capacity:    capacity,
-		completions: make(chan completion, maxCompletionBatch),
-		committed:   make(chan struct{}),
+		db:        db,
+		owner:     strings.Join([]string{host, strconv.Itoa(os.Getpid()), uuid.NewString()}, ","),
+		lockFor:   lockFor,
+		capacity:  capacity,
+		writes:    make(chan write, maxWriteBatch),
+		committed: make(chan struct{}),
 	}
 	go b.commit()
 	return b, nil
@@ -94,8 +101,12 @@ func (b *activityBatches) next(ctx context.Context) (*backend.ActivityWorkItem, 
 	return items[0], nil
 }
 
-// take locks up to n available items in one statement, oldest first.
+// take locks up to n available items in one statement, oldest first. The
+// statement is short and runs to its end: database/sql closes the rows of a
+// cancelled query from another goroutine, which the SQLite driver does not
+// survive while it steps through them.
 func (b *activityBatches) take(ctx context.Context, n int) ([]*backend.ActivityWorkItem, error) {
+	ctx = context.WithoutCancel(ctx)
 	now := time.Now().UTC()
 	rows, err := b.db.QueryContext(ctx,
 		`UPDATE NewTasks SET [LockedBy] = ?, [LockExpiration] = ?, [DequeueCount] = [DequeueCount] + 1
@@ -131,13 +142,27 @@ func (b *activityBatches) take(ctx context.Context, n int) ([]*backend.ActivityW
 }
 
 // complete records an item's result, in one transaction with whatever other
-// results are waiting.
+// writes are waiting.
 func (b *activityBatches) complete(wi *backend.ActivityWorkItem) error {
-	c := completion{item: wi, done: make(chan error, 1)}
-	b.completions <- c
-	err := <-c.done
+	err := b.write(write{result: wi})
 	b.release()
 	return err
+}
+
+// create creates an instance from its ExecutionStarted event, in one
+// transaction with whatever other writes are waiting. It returns
+// errInstanceExists if the id is taken.
+func (b *activityBatches) create(e *backend.HistoryEvent) error {
+	if e.GetExecutionStarted() == nil || e.Timestamp == nil {
+		return errors.New("a new instance needs an ExecutionStarted event with a timestamp")
+	}
+	return b.write(write{start: e})
+}
+
+func (b *activityBatches) write(w write) error {
+	w.done = make(chan error, 1)
+	b.writes <- w
+	return <-w.done
 }
 
 // release forgets an item that was completed or handed back.
@@ -147,38 +172,48 @@ func (b *activityBatches) release() {
 	b.mu.Unlock()
 }
 
-// commit records results as they come, each transaction taking every result
+// commit makes the writes as they come, each transaction taking every write
 // waiting when it starts: under load, many.
 func (b *activityBatches) commit() {
 	defer close(b.committed)
-	for c := range b.completions {
-		batch := []completion{c}
+	for w := range b.writes {
+		batch := []write{w}
 	gather:
-		for len(batch) < maxCompletionBatch {
+		for len(batch) < maxWriteBatch {
 			select {
-			case c, ok := <-b.completions:
+			case w, ok := <-b.writes:
 				if !ok {
 					break gather
 				}
-				batch = append(batch, c)
+				batch = append(batch, w)
 			default:
 				break gather
 			}
 		}
 		errs := b.record(batch)
-		for i, c := range batch {
-			c.done <- errs[i]
+		for i, w := range batch {
+			w.done <- errs[i]
 		}
 	}
 }
 
-// record writes a batch of results: each item's task is deleted, and, if it
-// was still this process's, its result added to the instance's new events.
-func (b *activityBatches) record(batch []completion) []error {
+// The statements of record, as the backend's own make the same changes.
+const (
+	deleteTask     = "DELETE FROM NewTasks WHERE [SequenceNumber] = ? AND [LockedBy] = ?"
+	insertEvent    = "INSERT INTO NewEvents ([InstanceID], [EventPayload]) VALUES (?, ?)"
+	insertInstance = `INSERT OR IGNORE INTO [Instances] ([Name], [Version], [InstanceID], [ExecutionID], [Input], [RuntimeStatus], [CreatedTime])
+		VALUES (?, ?, ?, ?, ?, 'PENDING', ?)`
+)
+
+// record makes a batch of writes in one transaction. An activity's task is
+// deleted and, if it was still this process's, its result added to the
+// instance's new events; a new instance is added with its ExecutionStarted
+// event, unless its id is taken.
+func (b *activityBatches) record(batch []write) []error {
 	errs := make([]error, len(batch))
 	fail := func(err error) []error {
 		for i := range errs {
-			errs[i] = err
+			errs[i] = fmt.Errorf("writing to the embedded task hub: %w", err)
 		}
 		return errs
 	}
@@ -189,36 +224,61 @@ func (b *activityBatches) record(batch []completion) []error {
 		return fail(err)
 	}
 	defer tx.Rollback()
-	del, err := tx.PrepareContext(ctx, "DELETE FROM NewTasks WHERE [SequenceNumber] = ? AND [LockedBy] = ?")
-	if err != nil {
-		return fail(err)
-	}
-	ins, err := tx.PrepareContext(ctx, "INSERT INTO NewEvents ([InstanceID], [EventPayload]) VALUES (?, ?)")
-	if err != nil {
-		return fail(err)
-	}
-	for i, c := range batch {
-		res, err := del.ExecContext(ctx, c.item.SequenceNumber, c.item.LockedBy)
-		if err != nil {
-			return fail(fmt.Errorf("recording activity results: %w", err))
+	stmts := map[string]*sql.Stmt{}
+	exec := func(query string, args ...any) (sql.Result, error) {
+		st, ok := stmts[query]
+		if !ok {
+			if st, err = tx.PrepareContext(ctx, query); err != nil {
+				return nil, err
+			}
+			stmts[query] = st
 		}
-		if n, err := res.RowsAffected(); err != nil {
-			return fail(err)
-		} else if n == 0 {
+		return st.ExecContext(ctx, args...)
+	}
+	for i, w := range batch {
+		var gone bool
+		var id string
+		var event *backend.HistoryEvent
+		if w.result != nil {
+			res, err := exec(deleteTask, w.result.SequenceNumber, w.result.LockedBy)
+			if err != nil {
+				return fail(err)
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return fail(err)
+			}
+			gone, id, event = n == 0, string(w.result.InstanceID), w.result.Result
 			errs[i] = backend.ErrWorkItemLockLost // another process has it now
+		} else {
+			es := w.start.GetExecutionStarted()
+			id = es.GetOrchestrationInstance().GetInstanceId()
+			res, err := exec(insertInstance, es.GetName(), es.GetVersion().GetValue(), id,
+				es.GetOrchestrationInstance().GetExecutionId().GetValue(), es.GetInput().GetValue(), w.start.GetTimestamp().AsTime())
+			if err != nil {
+				return fail(err)
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return fail(err)
+			}
+			gone, event = n == 0, w.start
+			errs[i] = errInstanceExists
+		}
+		if gone {
 			continue
 		}
-		payload, err := backend.MarshalHistoryEvent(c.item.Result)
+		payload, err := backend.MarshalHistoryEvent(event)
 		if err != nil {
-			errs[i] = err
-			continue
+			return fail(err)
 		}
-		if _, err := ins.ExecContext(ctx, string(c.item.InstanceID), payload); err != nil {
-			return fail(fmt.Errorf("recording activity results: %w", err))
+		if _, err := exec(insertEvent, id, payload); err != nil {
+			return fail(err)
 		}
+		errs[i] = nil
 	}
 	if err := tx.Commit(); err != nil {
-		return fail(fmt.Errorf("recording activity results: %w", err))
+		return fail(err)
 	}
 	return errs
 }
@@ -226,7 +286,7 @@ func (b *activityBatches) record(batch []completion) []error {
 // close hands back the items taken but never started, and closes the
 // connection. The worker must have stopped: nothing completes after this.
 func (b *activityBatches) close(ctx context.Context) error {
-	close(b.completions)
+	close(b.writes)
 	<-b.committed
 	b.mu.Lock()
 	ready := b.ready

@@ -2,6 +2,7 @@ package taskhub
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/microsoft/durabletask-go/api"
@@ -57,7 +58,14 @@ type hubBackend struct {
 }
 
 func (b hubBackend) CreateOrchestrationInstance(ctx context.Context, e *backend.HistoryEvent, opts ...backend.OrchestrationIdReusePolicyOptions) error {
-	err := b.Backend.CreateOrchestrationInstance(ctx, e, opts...)
+	err := errInstanceExists
+	if len(opts) == 0 {
+		err = b.activities.create(e)
+	}
+	if errors.Is(err, errInstanceExists) {
+		// A reuse policy, or an id taken: the backend says what that means.
+		err = b.Backend.CreateOrchestrationInstance(ctx, e, opts...)
+	}
 	signal(b.wake.orchestrations)
 	return err
 }
