@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -26,12 +27,22 @@ import (
 // when the handler is asked to stop.
 const shutdownGrace = 10 * time.Second
 
+// gcPercent is the garbage collector's target unless GOGC says otherwise;
+// see BENCHMARKS.md.
+const gcPercent = 400
+
 // Run runs the handler until ctx ends: it reads the configuration through
 // getenv, opens the task hub, and serves the functions on the configured port.
 func Run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	cfg, err := config.Load(args, getenv)
 	if err != nil {
 		return err
+	}
+	if getenv("GOGC") == "" {
+		// Every orchestrator step replays its history: much is allocated and
+		// little kept. Collecting less eagerly than Go's default (100) cuts
+		// the worker's CPU by a third to a half, for some tens of MB more.
+		debug.SetGCPercent(gcPercent)
 	}
 	logOut := logging.Writer(stdout, cfg.LogFormat)
 	log := logging.New(logOut, cfg.LogLevel)

@@ -106,7 +106,7 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
+	if len(t.b) > 2*t.max { // trim now and then: the sidecar logs every work item
 		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
 	}
 	return len(p), nil
@@ -115,7 +115,7 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return string(bytes.Clone(t.b))
+	return string(bytes.Clone(t.b[max(0, len(t.b)-t.max):]))
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.

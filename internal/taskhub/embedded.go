@@ -59,12 +59,13 @@ func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRe
 	for _, w := range []struct {
 		worker backend.TaskWorker
 		wake   <-chan struct{}
+		now    <-chan struct{}
 		settle time.Duration
-	}{{orchestrations, wake.orchestrations, orchestrationSettle}, {activities, wake.activities, 0}} {
+	}{{orchestrations, wake.orchestrations, wake.newInstances, orchestrationSettle}, {activities, wake.activities, nil, 0}} {
 		loops.Add(1)
 		go func() {
 			defer loops.Done()
-			poll(pollCtx, w.worker, w.wake, w.settle)
+			poll(pollCtx, w.worker, w.wake, w.now, w.settle)
 		}()
 	}
 

@@ -26,12 +26,15 @@ const (
 	errorBackoff    = 5 * time.Second
 )
 
+// wakeups: orchestrations is for results and events, which are gathered
+// (see orchestrationSettle); newInstances for starts, whose first step
+// has nothing to gather and runs at once.
 type wakeups struct {
-	orchestrations, activities chan struct{}
+	orchestrations, newInstances, activities chan struct{}
 }
 
 func newWakeups() wakeups {
-	return wakeups{make(chan struct{}, 1), make(chan struct{}, 1)}
+	return wakeups{make(chan struct{}, 1), make(chan struct{}, 1), make(chan struct{}, 1)}
 }
 
 // signal wakes a worker without blocking; one pending wake-up is enough.
@@ -66,7 +69,7 @@ func (b hubBackend) CreateOrchestrationInstance(ctx context.Context, e *backend.
 		// A reuse policy, or an id taken: the backend says what that means.
 		err = b.Backend.CreateOrchestrationInstance(ctx, e, opts...)
 	}
-	signal(b.wake.orchestrations)
+	signal(b.wake.newInstances)
 	return err
 }
 
@@ -110,10 +113,11 @@ func (b hubBackend) AbandonActivityWorkItem(ctx context.Context, wi *backend.Act
 	return err
 }
 
-// poll feeds w work items until ctx ends, waiting settle after a wake-up.
-// ProcessNext waits for a free slot when w already runs its maximum, and runs
-// each item in its own goroutine.
-func poll(ctx context.Context, w backend.TaskWorker, wake <-chan struct{}, settle time.Duration) {
+// poll feeds w work items until ctx ends, waiting settle after a wake-up on
+// wake, and not after one on now (nil: none). ProcessNext waits for a free
+// slot when w already runs its maximum, and runs each item in its own
+// goroutine.
+func poll(ctx context.Context, w backend.TaskWorker, wake, now <-chan struct{}, settle time.Duration) {
 	idle := minPollInterval
 	for {
 		found, err := w.ProcessNext(ctx)
@@ -135,6 +139,8 @@ func poll(ctx context.Context, w backend.TaskWorker, wake <-chan struct{}, settl
 		case <-wake:
 			idle = minPollInterval
 			sleep(ctx, settle)
+		case <-now:
+			idle = minPollInterval
 		case <-time.After(idle):
 			idle = min(2*idle, maxPollInterval)
 		}
