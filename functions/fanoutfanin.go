@@ -120,7 +120,8 @@ type AggregateInput struct {
 }
 
 // partition is a fan_out_fan_in_partition's input: its share of the items,
-// listed, or generated as Item(First+1) … Item(First+Count).
+// listed, or generated as Item(First+1) … Item(First+Count). First is the
+// place of its first item in the whole fan-out.
 type partition struct {
 	Items  []string `json:"items,omitempty"`
 	First  int      `json:"first,omitempty"`
@@ -145,7 +146,7 @@ func Register(r *task.TaskRegistry, minDelay, maxDelay time.Duration, log zerolo
 // items is a fan-out's work items: listed, or generated.
 type items struct {
 	list  []string
-	first int // generated: Item(first+1) …
+	first int // the place of the first in the whole fan-out; generated: Item(first+1) …
 	count int
 }
 
@@ -166,7 +167,7 @@ func (it items) at(i int) string {
 // slice returns items [from, to) as a partition's input.
 func (it items) slice(from, to int) partition {
 	if it.list != nil {
-		return partition{Items: it.list[from:to]}
+		return partition{Items: it.list[from:to], First: it.first + from}
 	}
 	return partition{First: it.first + from, Count: to - from}
 }
@@ -248,6 +249,22 @@ func readPlan(ctx *task.OrchestrationContext) (Plan, error) {
 	}
 	if err := json.Unmarshal(raw, &plan); err != nil {
 		return plan, fmt.Errorf("reading the input: it must be a list of work items or a plan: %w", err)
+	}
+	// Any client may start the orchestration: numbers out of range must
+	// fail it, not the process.
+	for _, f := range []struct {
+		name      string
+		value, at int
+	}{
+		{"count", plan.Count, config.MaxWorkItems},
+		{"total", plan.Total, config.MaxWorkItems},
+		{"chunks", plan.Chunks, config.MaxWorkItems},
+		{"partitionSize", plan.PartitionSize, config.MaxPartitionSize},
+		{"maxParallelism", plan.MaxParallelism, config.MaxWorkItems},
+	} {
+		if f.value < 0 || f.value > f.at {
+			return plan, fmt.Errorf("reading the input: %s is %d; it must be from 0 to %d", f.name, f.value, f.at)
+		}
 	}
 	return plan, nil
 }

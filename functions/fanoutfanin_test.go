@@ -572,3 +572,22 @@ func TestTwentyThousandItems(t *testing.T) {
 		t.Errorf("totals: %+v", s)
 	}
 }
+
+// Any client may start the orchestration; a plan out of range fails that
+// instance with a message, and the worker carries on.
+func TestInvalidPlanFailsTheInstance(t *testing.T) {
+	hub := openHub(t, registryWith(scored))
+	for _, plan := range []map[string]int{{"chunks": -1}, {"count": -5}, {"partitionSize": 20_000, "count": 3}} {
+		id, err := hub.ScheduleNewOrchestration(context.Background(), functions.OrchestratorName, api.WithInput(plan))
+		if err != nil {
+			t.Fatal(err)
+		}
+		md := waitFor(t, hub, id, complete)
+		if md.RuntimeStatus != api.RUNTIME_STATUS_FAILED || !strings.Contains(md.FailureDetails.GetErrorMessage(), "it must be from 0 to") {
+			t.Errorf("plan %v: got %v %v, want a failure naming the bad number", plan, md.RuntimeStatus, md.FailureDetails)
+		}
+	}
+	if _, s := runPlan(t, hub, functions.Plan{Count: 3}); s.TotalItemsProcessed != 3 {
+		t.Errorf("after the bad plans, a good one processed %d items", s.TotalItemsProcessed)
+	}
+}

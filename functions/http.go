@@ -2,6 +2,7 @@ package functions
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -85,8 +86,12 @@ func StartFanOut(hub taskhub.Client, limits config.Limits, bounds taskhub.Bounds
 			renderHubError(w, r, fmt.Errorf("scheduling %s: %w", OrchestratorName, err))
 			return
 		}
+		// The caller going away must not leave the instance waiting for
+		// parts nobody sends.
+		sendCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), ItemsTimeout/2)
+		defer cancel()
 		for i, c := range chunks {
-			if err := hub.RaiseEvent(r.Context(), id, ItemsEvent+strconv.Itoa(i), api.WithEventPayload(c)); err != nil {
+			if err := hub.RaiseEvent(sendCtx, id, ItemsEvent+strconv.Itoa(i), api.WithEventPayload(c)); err != nil {
 				// The instance waits for every part, then fails having run
 				// nothing: the start did not happen, as far as work goes.
 				zerolog.Ctx(r.Context()).Warn().Str("instanceId", string(id)).Err(err).

@@ -38,9 +38,10 @@ type activityBatches struct {
 	lockFor  time.Duration
 	capacity int // the activity worker's limit: never hold more than it runs
 
-	mu    sync.Mutex
-	ready []*backend.ActivityWorkItem // taken, not yet handed to the worker
-	held  int                         // taken and not yet completed or abandoned
+	mu     sync.Mutex
+	ready  []*backend.ActivityWorkItem // taken, not yet handed to the worker
+	held   int                         // taken and not yet completed or abandoned
+	closed bool                        // no more writes: a late start gets an error
 
 	writes    chan write
 	committed chan struct{} // closed when the committer has stopped
@@ -145,7 +146,9 @@ func (b *activityBatches) take(ctx context.Context, n int) ([]*backend.ActivityW
 // writes are waiting.
 func (b *activityBatches) complete(wi *backend.ActivityWorkItem) error {
 	err := b.write(write{result: wi})
-	b.release()
+	if err == nil {
+		b.release() // on failure the worker hands it back, which releases it
+	}
 	return err
 }
 
@@ -161,7 +164,13 @@ func (b *activityBatches) create(e *backend.HistoryEvent) error {
 
 func (b *activityBatches) write(w write) error {
 	w.done = make(chan error, 1)
-	b.writes <- w
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return errors.New("the embedded task hub is closed")
+	}
+	b.writes <- w // buffered: the committer drains it without the lock
+	b.mu.Unlock()
 	return <-w.done
 }
 
@@ -286,7 +295,10 @@ func (b *activityBatches) record(batch []write) []error {
 // close hands back the items taken but never started, and closes the
 // connection. The worker must have stopped: nothing completes after this.
 func (b *activityBatches) close(ctx context.Context) error {
+	b.mu.Lock()
+	b.closed = true
 	close(b.writes)
+	b.mu.Unlock()
 	<-b.committed
 	b.mu.Lock()
 	ready := b.ready

@@ -62,7 +62,7 @@ type hubBackend struct {
 
 func (b hubBackend) CreateOrchestrationInstance(ctx context.Context, e *backend.HistoryEvent, opts ...backend.OrchestrationIdReusePolicyOptions) error {
 	err := errInstanceExists
-	if len(opts) == 0 {
+	if noReusePolicy(opts) {
 		err = b.activities.create(e)
 	}
 	if errors.Is(err, errInstanceExists) {
@@ -71,6 +71,18 @@ func (b hubBackend) CreateOrchestrationInstance(ctx context.Context, e *backend.
 	}
 	signal(b.wake.newInstances)
 	return err
+}
+
+// noReusePolicy reports whether opts ask for no id reuse policy: the client
+// always passes one, mostly empty.
+func noReusePolicy(opts []backend.OrchestrationIdReusePolicyOptions) bool {
+	var policy api.OrchestrationIdReusePolicy
+	for _, opt := range opts {
+		if err := opt(&policy); err != nil {
+			return false
+		}
+	}
+	return len(policy.OperationStatus) == 0 && policy.Action == 0
 }
 
 func (b hubBackend) AddNewOrchestrationEvent(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) error {
