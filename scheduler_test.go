@@ -260,16 +260,16 @@ func TestSchedulerLargeFanOutWithinLimits(t *testing.T) {
 	p := startHandler(t, root, onScheduler(t, srv.Addr(),
 		"FANOUT_SCHEDULER_MAX_PAYLOAD_BYTES", "16384",
 		"FANOUT_SCHEDULER_MAX_STEP_BYTES", "65536",
-		"FANOUT_PARTITION_SIZE", "25"))
+		"FANOUT_PARTITION_SIZE", "20"))
 	p.waitReady(t)
 
 	items := make([]string, 300)
 	for i := range items {
 		items[i] = fmt.Sprintf("%03d-%s", i, strings.Repeat("a-long-work-item-", 14)) // 242 characters
 	}
-	// Twelve partitions at once: their inputs, some 6 KB each, are more than one
-	// 64 KiB step can start.
-	body, _ := json.Marshal(map[string]any{"workItems": items, "maxParallelism": 12})
+	// Fifteen partitions at once: their inputs, some 5 KB each, are more than
+	// one 64 KiB step can start.
+	body, _ := json.Marshal(map[string]any{"workItems": items, "maxParallelism": 15})
 	code, _, res := p.forward(t, "POST", "/api/fan_out_fan_in", string(body))
 	if code != http.StatusAccepted {
 		t.Fatalf("start: got %d %v", code, res)
@@ -277,8 +277,8 @@ func TestSchedulerLargeFanOutWithinLimits(t *testing.T) {
 	id := res["id"].(string)
 	st := pollStatus(t, p, id, "Completed")
 	out := st["output"].(map[string]any)
-	if out["total_items_processed"] != float64(len(items)) || out["processed_items_omitted"] != true || out["partitions"] != 12.0 {
-		t.Errorf("output: %v, want %d items over 12 partitions, processed_items omitted", out, len(items))
+	if out["total_items_processed"] != float64(len(items)) || out["processed_items_omitted"] != true || out["partitions"] != 15.0 {
+		t.Errorf("output: %v, want %d items over 15 partitions, processed_items omitted", out, len(items))
 	}
 	var input map[string]any
 	json.Unmarshal(mustMarshal(st["input"]), &input)
@@ -286,10 +286,10 @@ func TestSchedulerLargeFanOutWithinLimits(t *testing.T) {
 		t.Errorf("input %v: want the items sent in parts", input)
 	}
 	// Each partition's status lists its share of the items.
-	_, _, part := p.forward(t, "GET", "/api/status/"+id+":p11", "")
+	_, _, part := p.forward(t, "GET", "/api/status/"+id+":p14", "")
 	listed, _ := part["output"].(map[string]any)["processed_items"].([]any)
-	if len(listed) != 25 || listed[24] != "Processed_"+items[299] {
-		t.Errorf("partition 11 lists %d items, want the last 25", len(listed))
+	if len(listed) != 20 || listed[19] != "Processed_"+items[299] {
+		t.Errorf("partition 14 lists %d items, want the last 20", len(listed))
 	}
 
 	for _, v := range srv.Violations() {
@@ -304,7 +304,7 @@ func TestSchedulerLargeFanOutWithinLimits(t *testing.T) {
 		processed += n
 	}
 	// Every item, and aggregate_results in each partition and the parent.
-	if want := len(items) + 12 + 1; processed != want {
+	if want := len(items) + 15 + 1; processed != want {
 		t.Errorf("activities completed: %d, want %d", processed, want)
 	}
 	if largest := srv.Stats().LargestRequestBytes; largest > 64<<10 {

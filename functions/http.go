@@ -72,6 +72,10 @@ func StartFanOut(hub taskhub.Client, limits config.Limits, bounds taskhub.Bounds
 			return
 		}
 		plan.PartitionSize = limits.PartitionSize
+		if err := fitPartitions(plan.Items, plan.PartitionSize, maxInputBytes*3/4); err != nil {
+			httpjson.RenderError(w, r, err)
+			return
+		}
 		// Three quarters: the rest of a summary or a step needs room too.
 		plan.ListBytes = maxInputBytes * 3 / 4
 		plan.StepBytes = bounds.MaxStepBytes * 3 / 4
@@ -106,6 +110,34 @@ func StartFanOut(hub taskhub.Client, limits config.Limits, bounds taskhub.Bounds
 		w.Header().Set("Retry-After", retryAfterStart)
 		httpjson.Write(w, http.StatusAccepted, checkStatus{ID: string(id), StatusQueryGetURI: url})
 	})
+}
+
+// resultBytes is what an item's result takes in a partition's results
+// besides the item itself, twice: {"item":…,"processed_item":"Processed_…",
+// "value":100,"processing_time":12.34},
+const resultBytes = 80
+
+// fitPartitions checks that each partition's results, which its
+// aggregate_results receives as one payload, stay within maxBytes (0: no
+// bound). Sizes are of the items as JSON encodes them: non-ASCII and <, >, &
+// take several bytes each.
+func fitPartitions(items []string, size, maxBytes int) error {
+	if maxBytes <= 0 {
+		return nil
+	}
+	for from := 0; from < len(items); from += size {
+		to, n := min(len(items), from+size), 0
+		for _, item := range items[from:to] {
+			b, _ := json.Marshal(item)
+			n += 2*len(b) + resultBytes
+		}
+		if n > maxBytes {
+			return httpjson.Errorf(http.StatusRequestEntityTooLarge,
+				"workItems[%d] to [%d] make results of about %d bytes for one partition, over the %d the task hub takes in one payload: send shorter items, or lower %s (now %d)",
+				from, to-1, n, maxBytes, config.SettingPartitionSize, size)
+		}
+	}
+	return nil
 }
 
 // chunk splits items into lists of at most maxBytes of JSON each.

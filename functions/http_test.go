@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -331,11 +332,11 @@ func TestStartSendsLargeInputsInParts(t *testing.T) {
 		t.Fatal(err)
 	}
 	hub := openHub(t, r)
-	limits := config.Limits{MaxWorkItems: 1000, MaxItemLength: 100, MaxBodyBytes: 1 << 20, PartitionSize: 1000}
-	h := functions.StartFanOut(hub, limits, taskhub.Bounds{MaxPayloadBytes: 256}, func(*http.Request, string) string { return "" })
+	limits := config.Limits{MaxWorkItems: 1000, MaxItemLength: 100, MaxBodyBytes: 1 << 20, PartitionSize: 10}
+	h := functions.StartFanOut(hub, limits, taskhub.Bounds{MaxPayloadBytes: 4096}, func(*http.Request, string) string { return "" })
 	items := make([]string, 100)
 	for i := range items {
-		items[i] = fmt.Sprintf("Part-of-a-large-start-%03d", i)
+		items[i] = fmt.Sprintf("Part-of-a-large-start-%03d-%s", i, strings.Repeat("x", 34)) // 60 characters
 	}
 	body, _ := json.Marshal(map[string]any{"workItems": items})
 	rec := httptest.NewRecorder()
@@ -349,17 +350,51 @@ func TestStartSendsLargeInputsInParts(t *testing.T) {
 	md := waitFor(t, hub, api.InstanceID(res["id"]), complete)
 	var plan functions.Plan
 	json.Unmarshal([]byte(md.SerializedInput), &plan)
-	if plan.Chunks < 10 || plan.Total != len(items) || len(md.SerializedInput) > 256 {
-		t.Errorf("input %s: want the items announced in 10 or more parts of at most 256 bytes", md.SerializedInput)
+	if plan.Chunks < 2 || plan.Total != len(items) || len(md.SerializedInput) > 4096 {
+		t.Errorf("input %s: want the items announced in parts, within 4096 bytes", md.SerializedInput)
 	}
 	var s functions.Summary
 	json.Unmarshal([]byte(md.SerializedOutput), &s)
-	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED || s.TotalItemsProcessed != len(items) {
-		t.Fatalf("got %v %s, want all %d items completed", md.RuntimeStatus, md.SerializedOutput, len(items))
+	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED || s.TotalItemsProcessed != len(items) || s.Partitions != 10 {
+		t.Fatalf("got %v %s, want all %d items completed in 10 partitions", md.RuntimeStatus, md.SerializedOutput, len(items))
 	}
-	for i, p := range s.ProcessedItems {
-		if p != "Processed_"+items[i] {
-			t.Fatalf("processed_items[%d]: got %q, want Processed_%s", i, p, items[i])
-		}
+	// The list is too long for 4096-byte payloads; each partition has its share, in order.
+	last, err := hub.FetchOrchestrationMetadata(context.Background(), api.InstanceID(functions.PartitionID(res["id"], 9)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p functions.Summary
+	json.Unmarshal([]byte(last.SerializedOutput), &p)
+	if !s.ProcessedItemsOmitted || len(p.ProcessedItems) != 10 || p.ProcessedItems[9] != "Processed_"+items[99] {
+		t.Errorf("summary omitted the list: %v; partition 9 lists %q", s.ProcessedItemsOmitted, p.ProcessedItems)
+	}
+}
+
+// On a task hub that bounds payloads, items whose partition's results would
+// not fit one (here, characters JSON writes as six bytes each) are refused
+// before anything is scheduled, rather than failing once processed.
+func TestStartRefusesItemsWhosePartitionResultsWouldNotFit(t *testing.T) {
+	r := task.NewTaskRegistry()
+	if err := functions.Register(r, 0, 0, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "test.sqlite")
+	hub := openHubFile(t, r, file)
+	limits := config.Limits{MaxWorkItems: 1000, MaxItemLength: 100, MaxBodyBytes: 1 << 20, PartitionSize: 10}
+	h := functions.StartFanOut(hub, limits, taskhub.Bounds{MaxPayloadBytes: 16 << 10}, func(*http.Request, string) string { return "" })
+	items := make([]string, 20)
+	for i := range items {
+		items[i] = strings.Repeat("<", 100) // 600 bytes as JSON
+	}
+	body, _ := json.Marshal(map[string]any{"workItems": items})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("POST", "/api/fan_out_fan_in", bytes.NewReader(body)))
+	var res map[string]string
+	json.Unmarshal(rec.Body.Bytes(), &res)
+	if rec.Code != http.StatusRequestEntityTooLarge || !strings.Contains(res["error"], "workItems[0] to [9]") || !strings.Contains(res["error"], "FANOUT_PARTITION_SIZE") {
+		t.Errorf("got %d %s, want 413 naming the partition and the setting", rec.Code, rec.Body)
+	}
+	if n, err := hubfile.Instances(file); err != nil || n != 0 {
+		t.Errorf("instances scheduled: %d (%v), want none", n, err)
 	}
 }
