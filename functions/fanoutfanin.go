@@ -49,7 +49,7 @@ const (
 
 	// DefaultListBytes bounds processed_items in a summary, leaving room in
 	// the scheduler's 1 MiB payload for everything else.
-	DefaultListBytes = 768 << 10
+	DefaultListBytes = config.DefaultMaxPayloadBytes * 3 / 4
 )
 
 // Plan is the orchestration's input: which items to process and how. A

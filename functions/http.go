@@ -64,7 +64,6 @@ type checkStatus struct {
 // not fit one orchestration input on the task hub (bounds) follow the start
 // as events, in parts that do.
 func StartFanOut(hub taskhub.Client, limits config.Limits, bounds taskhub.Bounds, statusURL StatusURL) http.Handler {
-	maxInputBytes := bounds.MaxPayloadBytes
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		plan, err := readStartRequest(w, r, limits)
 		if err != nil {
@@ -72,17 +71,22 @@ func StartFanOut(hub taskhub.Client, limits config.Limits, bounds taskhub.Bounds
 			return
 		}
 		plan.PartitionSize = limits.PartitionSize
-		if err := fitPartitions(plan.Items, plan.PartitionSize, maxInputBytes*3/4); err != nil {
-			httpjson.RenderError(w, r, err)
-			return
-		}
-		// Three quarters: the rest of a summary or a step needs room too.
-		plan.ListBytes = maxInputBytes * 3 / 4
+		// Three quarters of a payload: the rest of a summary, a step or an
+		// event needs room too.
+		budget := bounds.MaxPayloadBytes * 3 / 4
+		plan.ListBytes = budget
 		plan.StepBytes = bounds.MaxStepBytes * 3 / 4
 		var chunks [][]string
-		if input, _ := json.Marshal(plan); maxInputBytes > 0 && len(input) > maxInputBytes {
-			chunks = chunk(plan.Items, maxInputBytes*3/4)
-			plan.Chunks, plan.Total, plan.Items = len(chunks), len(plan.Items), nil
+		if budget > 0 && len(plan.Items) > 0 {
+			sizes := encodedSizes(plan.Items)
+			if err := fitPartitions(sizes, plan.PartitionSize, budget); err != nil {
+				httpjson.RenderError(w, r, err)
+				return
+			}
+			if input, _ := json.Marshal(plan); len(input) > bounds.MaxPayloadBytes {
+				chunks = chunk(plan.Items, sizes, budget)
+				plan.Chunks, plan.Total, plan.Items = len(chunks), len(plan.Items), nil
+			}
 		}
 		n := max(plan.Count, plan.Total, len(plan.Items))
 		id, err := hub.ScheduleNewOrchestration(r.Context(), OrchestratorName, api.WithInput(plan))
@@ -117,19 +121,25 @@ func StartFanOut(hub taskhub.Client, limits config.Limits, bounds taskhub.Bounds
 // "value":100,"processing_time":12.34},
 const resultBytes = 80
 
-// fitPartitions checks that each partition's results, which its
-// aggregate_results receives as one payload, stay within maxBytes (0: no
-// bound). Sizes are of the items as JSON encodes them: non-ASCII and <, >, &
-// take several bytes each.
-func fitPartitions(items []string, size, maxBytes int) error {
-	if maxBytes <= 0 {
-		return nil
+// encodedSizes is how many bytes each item takes as JSON, which encodes
+// non-ASCII and <, >, & in several bytes each.
+func encodedSizes(items []string) []int {
+	sizes := make([]int, len(items))
+	for i, item := range items {
+		b, _ := json.Marshal(item)
+		sizes[i] = len(b)
 	}
-	for from := 0; from < len(items); from += size {
-		to, n := min(len(items), from+size), 0
-		for _, item := range items[from:to] {
-			b, _ := json.Marshal(item)
-			n += 2*len(b) + resultBytes
+	return sizes
+}
+
+// fitPartitions checks that each partition's results, which its
+// aggregate_results receives as one payload, stay within maxBytes. sizes
+// are the items' encoded sizes.
+func fitPartitions(sizes []int, size, maxBytes int) error {
+	for from := 0; from < len(sizes); from += size {
+		to, n := min(len(sizes), from+size), 0
+		for _, s := range sizes[from:to] {
+			n += 2*s + resultBytes
 		}
 		if n > maxBytes {
 			return httpjson.Errorf(http.StatusRequestEntityTooLarge,
@@ -140,17 +150,17 @@ func fitPartitions(items []string, size, maxBytes int) error {
 	return nil
 }
 
-// chunk splits items into lists of at most maxBytes of JSON each.
-func chunk(items []string, maxBytes int) [][]string {
+// chunk splits items, whose encoded sizes are sizes, into lists of at most
+// maxBytes of JSON each.
+func chunk(items []string, sizes []int, maxBytes int) [][]string {
 	var chunks [][]string
 	start, size := 0, 2
-	for i, item := range items {
-		b, _ := json.Marshal(item)
-		if i > start && size+len(b)+1 > maxBytes {
+	for i, s := range sizes {
+		if i > start && size+s+1 > maxBytes {
 			chunks = append(chunks, items[start:i])
 			start, size = i, 2
 		}
-		size += len(b) + 1
+		size += s + 1
 	}
 	return append(chunks, items[start:])
 }
