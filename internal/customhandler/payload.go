@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 
@@ -100,8 +102,10 @@ func readInvocation(w http.ResponseWriter, r *http.Request, fn Function, limit i
 		return nil, httpjson.Errorf(http.StatusBadRequest, "invocation payload's Data.%s.Method %q is not an HTTP method", fn.Trigger, d.Method)
 	}
 	header := http.Header{}
-	for name, values := range d.Headers {
-		for _, v := range values {
+	// In name order: names that differ only in case become one header,
+	// whose values must not come in the map's random order.
+	for _, name := range slices.Sorted(maps.Keys(d.Headers)) {
+		for _, v := range d.Headers[name] {
 			header.Add(name, v) // canonicalizes the name
 		}
 	}
