@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,8 +101,65 @@ func newWorkerID() string {
 }
 
 // newCredential returns the Azure credential the connection string asks
-// for, or nil for Authentication=None.
+// for, or nil for Authentication=None. Neither it nor its tokens' errors
+// name the connection string's identity values (see identityHider).
 func newCredential(s *config.Scheduler) (azcore.TokenCredential, error) {
+	hide := identityHider(s)
+	cred, err := azureCredential(s)
+	if err != nil || cred == nil {
+		return nil, hide(err)
+	}
+	return hidingCredential{cred: cred, hide: hide}, nil
+}
+
+// hidingCredential is an Azure credential whose errors go through hide.
+type hidingCredential struct {
+	cred azcore.TokenCredential
+	hide func(error) error
+}
+
+func (h hidingCredential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	token, err := h.cred.GetToken(ctx, opts)
+	return token, h.hide(err)
+}
+
+// identityHider returns a function that replaces the connection string's
+// ClientID, TenantId and TokenFilePath in an error's text with the key's
+// name: Azure Identity's errors show the token file's path ("open ...") and
+// the authority's URL (which holds the tenant), and identity services echo
+// the client id. The error is logged; what went wrong still shows. Values
+// under 4 characters are left alone: no real one is that short, and
+// replacing them would garble every message.
+func identityHider(s *config.Scheduler) func(error) error {
+	names := map[string]string{}
+	var values []string
+	for key, v := range map[string]string{"ClientID": s.ClientID, "TenantId": s.TenantID, "TokenFilePath": s.TokenFilePath} {
+		if len(v) >= 4 {
+			names[strings.ToLower(v)] = "[" + key + "]"
+			values = append(values, regexp.QuoteMeta(v))
+		}
+	}
+	if len(values) == 0 {
+		return func(err error) error { return err }
+	}
+	// Longest first, so that a value holding another is replaced whole.
+	slices.SortFunc(values, func(a, b string) int { return len(b) - len(a) })
+	pattern := regexp.MustCompile("(?i)" + strings.Join(values, "|"))
+	return func(err error) error {
+		if err == nil {
+			return nil
+		}
+		return errors.New(pattern.ReplaceAllStringFunc(err.Error(), func(v string) string {
+			if name, ok := names[strings.ToLower(v)]; ok {
+				return name
+			}
+			return "[hidden]" // matched under a case folding ToLower does not make
+		}))
+	}
+}
+
+// azureCredential builds the credential newCredential returns.
+func azureCredential(s *config.Scheduler) (azcore.TokenCredential, error) {
 	switch s.Auth {
 	case config.AuthNone:
 		return nil, nil
