@@ -292,9 +292,12 @@ func (b *activityBatches) record(batch []write) []error {
 	return errs
 }
 
-// close hands back the items taken but never started, and closes the
-// connection. The worker must have stopped: nothing completes after this.
-func (b *activityBatches) close(ctx context.Context) error {
+// close hands back the items taken but never started, checkpoints the
+// write-ahead log into the main file, and closes the connection; all by ctx's
+// deadline. The worker must have stopped: nothing completes after this.
+// checkpointed is false when other processes using the file kept part of
+// the log from being copied.
+func (b *activityBatches) close(ctx context.Context) (checkpointed bool, err error) {
 	b.mu.Lock()
 	b.closed = true
 	close(b.writes)
@@ -310,5 +313,12 @@ func (b *activityBatches) close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(append(errs, b.db.Close())...)
+	// The library's connection stays open until the process ends, so SQLite
+	// never checkpoints on its own close; without this, a copy of the main
+	// file would lack what was recorded since the last automatic checkpoint.
+	var busy, logFrames, copied int
+	if err := b.db.QueryRowContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logFrames, &copied); err != nil {
+		errs = append(errs, fmt.Errorf("checkpointing the write-ahead log: %w", err))
+	}
+	return busy == 0, errors.Join(append(errs, b.db.Close())...)
 }

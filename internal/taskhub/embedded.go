@@ -29,7 +29,18 @@ func embeddedDSN(file string) string {
 	return "file:" + file + "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
 }
 
+// handBackTime is the part of Close's time kept, at its end, for handing
+// back the work still running and checkpointing the file: a few statements,
+// which may wait behind another process's write.
+const handBackTime = time.Second
+
 func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger) (*Hub, error) {
+	return openEmbeddedPolling(ctx, cfg, registry, log, polling{minPollInterval, maxPollInterval})
+}
+
+// openEmbeddedPolling opens the embedded hub, its workers looking for work no
+// wake-up announced as often as every says.
+func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger, every polling) (*Hub, error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.EmbeddedFile), 0o755); err != nil {
 		return nil, fmt.Errorf("creating the embedded task hub's folder (set %s to a writable folder, or configure the Durable Task Scheduler): %w", config.SettingEmbeddedDir, err)
 	}
@@ -67,7 +78,7 @@ func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRe
 		loops.Add(1)
 		go func() {
 			defer loops.Done()
-			poll(pollCtx, w.worker, w.wake, w.now, w.settle)
+			poll(pollCtx, w.worker, w.wake, w.now, w.settle, every)
 		}()
 	}
 
@@ -77,25 +88,60 @@ func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRe
 		Str("lockTimeout", cfg.LockTimeout.String()).
 		Msg("task hub open")
 
+	// Close returns by ctx's deadline whatever the work does: until shortly
+	// before it, the work in flight may finish; then what still runs is
+	// cancelled and handed back, and the write-ahead log is checkpointed into
+	// the main file, so that the file alone holds every instance.
 	closeHub := func(ctx context.Context) error {
 		stopPolling()
-		loops.Wait() // no new items from here on
-		drained := make(chan struct{})
+		stopped := make(chan struct{})
 		go func() {
+			loops.Wait() // no new items from here on
 			orchestrations.StopAndDrain()
 			activities.StopAndDrain()
-			close(drained)
+			close(stopped)
 		}()
 		defer stopWork()
+		finishBy, cancel := context.WithCancel(ctx)
+		if deadline, ok := ctx.Deadline(); ok {
+			finishBy, cancel = context.WithDeadline(ctx, deadline.Add(-min(handBackTime, time.Until(deadline)/4)))
+		}
+		defer cancel()
+		var handedBack error
 		select {
-		case <-drained:
-			return batches.close(context.WithoutCancel(ctx))
-		case <-ctx.Done():
-			// Cancel what is still running; the workers hand it back.
+		case <-stopped:
+		case <-finishBy.Done():
+			// Cancel what is still running: the workers hand it back, and
+			// an activity that does not stop is left behind (hubExecutor).
 			stopWork()
-			<-drained
-			return errors.Join(fmt.Errorf("work still running when the shutdown grace period ended was handed back: %w", ctx.Err()),
-				batches.close(context.WithoutCancel(ctx)))
+			handedBack = fmt.Errorf("work still running when the shutdown grace period ended was handed back: %w", finishBy.Err())
+			select {
+			case <-stopped:
+			case <-ctx.Done():
+				// Say, the file held by another process's write: what this
+				// process still holds stays locked until its locks expire.
+				return fmt.Errorf("the shutdown grace period ended before the work still running could be handed back; it runs again once its lock expires (%s): %w", cfg.LockTimeout, ctx.Err())
+			}
+		}
+		type result struct {
+			checkpointed bool
+			err          error
+		}
+		closed := make(chan result, 1)
+		go func() {
+			checkpointed, err := batches.close(ctx)
+			closed <- result{checkpointed, err}
+		}()
+		select {
+		case r := <-closed:
+			if r.err == nil && !r.checkpointed {
+				// Not an error: the last process to stop checkpoints the rest.
+				log.Info().Str("file", cfg.EmbeddedFile).Msg("the write-ahead log was not fully checkpointed into the hub file: other processes are using it")
+			}
+			return errors.Join(handedBack, r.err)
+		case <-ctx.Done():
+			// SQLite's wait for a lock another process holds does not heed ctx.
+			return errors.Join(handedBack, fmt.Errorf("closing the hub file: %w", ctx.Err()))
 		}
 	}
 	return &Hub{Client: embeddedClient{backend.NewTaskHubClient(be)}, close: closeHub}, nil

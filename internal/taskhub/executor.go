@@ -26,11 +26,26 @@ func (x hubExecutor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *
 	stop := context.AfterFunc(x.work, cancel)
 	defer stop()
 	log := x.log.With().Str("instanceId", string(id)).Str("activity", e.GetTaskScheduled().GetName()).Logger()
-	result, err := x.Executor.ExecuteActivity(log.WithContext(ctx), id, e)
-	if ctx.Err() != nil {
-		// Stopped by shutdown: an error, so the item is handed back rather
-		// than its cancellation recorded as the item's failure.
-		return nil, fmt.Errorf("activity stopped by shutdown: %w", ctx.Err())
+	type outcome struct {
+		result *backend.HistoryEvent
+		err    error
 	}
-	return result, err
+	done := make(chan outcome, 1)
+	go func() {
+		result, err := x.Executor.ExecuteActivity(log.WithContext(ctx), id, e)
+		done <- outcome{result, err}
+	}()
+	select {
+	case o := <-done:
+		if ctx.Err() == nil {
+			return o.result, o.err
+		}
+	case <-ctx.Done():
+		// An activity that ignores its context (a loop, a long sleep) is
+		// left behind, its result dropped, so that it cannot hold up the
+		// shutdown; the process ends soon after.
+	}
+	// Stopped by shutdown: an error, so the item is handed back rather than
+	// its cancellation recorded as the item's failure.
+	return nil, fmt.Errorf("activity stopped by shutdown: %w", ctx.Err())
 }

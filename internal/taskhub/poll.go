@@ -26,6 +26,10 @@ const (
 	errorBackoff    = 5 * time.Second
 )
 
+// polling is how often a worker looks for work no wake-up announced: every
+// min after it found some, backing off to every max while it finds none.
+type polling struct{ min, max time.Duration }
+
 // wakeups: orchestrations is for results and events, which are gathered
 // (see orchestrationSettle); newInstances for starts, whose first step
 // has nothing to gather and runs at once.
@@ -126,18 +130,18 @@ func (b hubBackend) AbandonActivityWorkItem(ctx context.Context, wi *backend.Act
 }
 
 // poll feeds w work items until ctx ends, waiting settle after a wake-up on
-// wake, and not after one on now (nil: none). ProcessNext waits for a free
-// slot when w already runs its maximum, and runs each item in its own
-// goroutine.
-func poll(ctx context.Context, w backend.TaskWorker, wake, now <-chan struct{}, settle time.Duration) {
-	idle := minPollInterval
+// wake, and not after one on now (nil: none), and looking anyway as every
+// says. ProcessNext waits for a free slot when w already runs its maximum,
+// and runs each item in its own goroutine.
+func poll(ctx context.Context, w backend.TaskWorker, wake, now <-chan struct{}, settle time.Duration, every polling) {
+	idle := every.min
 	for {
 		found, err := w.ProcessNext(ctx)
 		switch {
 		case ctx.Err() != nil:
 			return
 		case found:
-			idle = minPollInterval
+			idle = every.min
 			continue
 		case err != nil:
 			// ProcessNext has logged it; back off, wake-ups or not, so a
@@ -149,12 +153,12 @@ func poll(ctx context.Context, w backend.TaskWorker, wake, now <-chan struct{}, 
 		case <-ctx.Done():
 			return
 		case <-wake:
-			idle = minPollInterval
+			idle = every.min
 			sleep(ctx, settle)
 		case <-now:
-			idle = minPollInterval
+			idle = every.min
 		case <-time.After(idle):
-			idle = min(2*idle, maxPollInterval)
+			idle = min(2*idle, every.max)
 		}
 	}
 }

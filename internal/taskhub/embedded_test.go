@@ -1,0 +1,112 @@
+package taskhub_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/task"
+	"github.com/rs/zerolog"
+
+	"fanoutfanin/functions"
+	"fanoutfanin/internal/hubfile"
+	"fanoutfanin/internal/taskhub"
+)
+
+// Work this process creates runs at once: a start wakes the orchestration
+// worker, a step that schedules items wakes the activity worker, and each
+// result wakes the orchestration again. With the file polled only once a
+// minute, a fan-out finishes in well under a second only through them.
+func TestWakeUpsRunNewWorkWithoutPolling(t *testing.T) {
+	ctx := context.Background()
+	hub, err := taskhub.OpenEmbeddedPolling(ctx, hubConfig(filepath.Join(t.TempDir(), "x.sqlite")), registry(t), zerolog.Nop(), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(ctx)
+	items := make([]string, 10)
+	for i := range items {
+		items[i] = fmt.Sprintf("Task%d", i)
+	}
+	for round := range 2 { // the second after the workers have gone idle
+		start := time.Now()
+		id, err := hub.Client.ScheduleNewOrchestration(ctx, functions.OrchestratorName, api.WithInput(items))
+		if err != nil {
+			t.Fatal(err)
+		}
+		md := waitComplete(t, hub.Client, id, 5*time.Second)
+		elapsed := time.Since(start)
+		t.Logf("round %d: 10 items in %s", round+1, elapsed.Round(time.Millisecond))
+		if !strings.Contains(md.SerializedOutput, `"total_items_processed":10`) {
+			t.Errorf("output: %s", md.SerializedOutput)
+		}
+		if elapsed > 3*time.Second {
+			t.Errorf("round %d: a 10-item fan-out took %s with the file polled once a minute; want it run as soon as the work is made", round+1, elapsed)
+		}
+	}
+}
+
+// Close returns by its deadline even when an activity ignores its context
+// and never ends: the item is handed back, unlocked at once, and runs again
+// when the hub next runs.
+func TestCloseReturnsByItsDeadlineWhenAnActivityIgnoresItsContext(t *testing.T) {
+	ctx := context.Background()
+	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
+	cfg.LockTimeout = time.Hour // only handing back can release the item this test
+	started := make(chan struct{}, 1)
+	never := make(chan struct{})
+	defer close(never)
+	stuck := task.NewTaskRegistry()
+	stuck.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
+	stuck.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
+	stuck.AddActivityN(functions.ProcessWorkItemName, func(task.ActivityContext) (any, error) {
+		started <- struct{}{}
+		<-never
+		return nil, nil
+	})
+	hub, err := taskhub.Open(ctx, cfg, stuck, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := hub.Client.ScheduleNewOrchestration(ctx, functions.OrchestratorName, api.WithInput([]string{"a"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+
+	const grace = time.Second
+	closeCtx, cancel := context.WithTimeout(ctx, grace)
+	defer cancel()
+	begin := time.Now()
+	closed := make(chan error, 1)
+	go func() { closed <- hub.Close(closeCtx) }()
+	select {
+	case err := <-closed:
+		elapsed := time.Since(begin)
+		if elapsed > grace+250*time.Millisecond {
+			t.Errorf("Close took %s with a deadline of %s", elapsed, grace)
+		}
+		if err == nil || !strings.Contains(err.Error(), "handed back") {
+			t.Errorf("Close: got %v, want an error saying work was handed back", err)
+		}
+	case <-time.After(10 * grace):
+		t.Fatalf("Close has not returned %s after its deadline of %s", 9*grace, grace)
+	}
+	if tasks, instances, err := hubfile.Locked(cfg.EmbeddedFile); err != nil || tasks != 0 || instances != 0 {
+		t.Errorf("after Close: %d work items and %d instances locked (%v), want none", tasks, instances, err)
+	}
+
+	hub, err = taskhub.Open(ctx, cfg, registry(t), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(ctx)
+	md := waitComplete(t, hub.Client, id, 20*time.Second) // the lock would hold it for an hour
+	if !strings.Contains(md.SerializedOutput, `"processed_items":["Processed_a"]`) {
+		t.Errorf("output: %s", md.SerializedOutput)
+	}
+}
