@@ -75,6 +75,8 @@ type Plan struct {
 	// StepBytes bounds the partitions' inputs started in one orchestrator
 	// step; 0 means no bound.
 	StepBytes int `json:"stepBytes,omitempty"`
+	// Retry is how failed items are tried again; nil means DefaultRetry.
+	Retry *RetryPolicy `json:"retry,omitempty"`
 }
 
 // ItemResult is what process_work_item returns for one work item.
@@ -85,9 +87,11 @@ type ItemResult struct {
 	ProcessingTime float64 `json:"processing_time"` // seconds
 }
 
-// Summary is what aggregate_results returns, and so the orchestration's output.
+// Summary is what aggregate_results returns, and so the orchestration's
+// output. Totals and the average are over the items that succeeded.
 type Summary struct {
 	TotalItemsProcessed int     `json:"total_items_processed"`
+	TotalItemsFailed    int     `json:"total_items_failed"`
 	TotalValue          int     `json:"total_value"`
 	AverageValue        float64 `json:"average_value"`
 	TotalProcessingTime float64 `json:"total_processing_time"`
@@ -96,14 +100,33 @@ type Summary struct {
 	// set, and each partition's own output lists its share.
 	ProcessedItems        []string `json:"processed_items"`
 	ProcessedItemsOmitted bool     `json:"processed_items_omitted,omitempty"`
-	Success               bool     `json:"success"`
+	// FailedItems lists the items that failed every attempt, in work-item
+	// order, as far as FailedListBytes allows; FailedItemsOmitted counts
+	// those left out.
+	FailedItems        []FailedItem `json:"failed_items"`
+	FailedItemsOmitted int          `json:"failed_items_omitted,omitempty"`
+	// Success is whether every item succeeded.
+	Success bool `json:"success"`
 	// Partitions is how many partitions ran the items; 0 when they ran in
 	// one orchestration. Partition k (from 0) is instance "<id>:p<k>".
 	Partitions int `json:"partitions,omitempty"`
 }
 
-// Progress is an orchestration's custom status while it runs. A partitioned
-// fan-out counts a partition's items when the whole partition has finished.
+// FailedItem is an item that failed its last attempt.
+type FailedItem struct {
+	Index    int    `json:"index"` // its place in the whole fan-out, from 0
+	Item     string `json:"item"`
+	Error    string `json:"error"` // the last attempt's, shortened
+	Attempts int    `json:"attempts"`
+}
+
+// FailedListBytes bounds failed_items in a summary: at least some hundreds
+// of items, well within a payload.
+const FailedListBytes = 128 << 10
+
+// Progress is an orchestration's custom status while it runs: items that
+// finished, whether they succeeded or failed for good. A partitioned fan-out
+// counts a partition's items when the whole partition has finished.
 type Progress struct {
 	Completed int `json:"completed"`
 	Total     int `json:"total"`
@@ -114,6 +137,7 @@ type Progress struct {
 // results is accepted as well.)
 type AggregateInput struct {
 	Results  []ItemResult `json:"results,omitempty"`
+	Failed   []FailedItem `json:"failed,omitempty"`
 	Partials []Summary    `json:"partials,omitempty"`
 	// OmitItems leaves processed_items out of the summary.
 	OmitItems bool `json:"omitItems,omitempty"`
@@ -123,22 +147,23 @@ type AggregateInput struct {
 // listed, or generated as Item(First+1) … Item(First+Count). First is the
 // place of its first item in the whole fan-out.
 type partition struct {
-	Items  []string `json:"items,omitempty"`
-	First  int      `json:"first,omitempty"`
-	Count  int      `json:"count,omitempty"`
-	Window int      `json:"window,omitempty"` // at most this many items at once; 0: all
+	Items  []string     `json:"items,omitempty"`
+	First  int          `json:"first,omitempty"`
+	Count  int          `json:"count,omitempty"`
+	Window int          `json:"window,omitempty"` // at most this many items at once; 0: all
+	Retry  *RetryPolicy `json:"retry,omitempty"`
 }
 
 // PartitionID is the instance id of partition k of orchestration id.
 func PartitionID(id string, k int) string { return id + ":p" + strconv.Itoa(k) }
 
-// Register adds the orchestrators and both activities to r. Each item's
-// simulated work takes a random time in [minDelay, maxDelay].
-func Register(r *task.TaskRegistry, minDelay, maxDelay time.Duration, log zerolog.Logger) error {
+// Register adds the orchestrators and both activities to r; work says how
+// process_work_item behaves.
+func Register(r *task.TaskRegistry, work config.Work, log zerolog.Logger) error {
 	return errors.Join(
 		r.AddOrchestratorN(OrchestratorName, Orchestrator(log)),
 		r.AddOrchestratorN(PartitionName, Partition),
-		r.AddActivityN(ProcessWorkItemName, ProcessWorkItem(minDelay, maxDelay)),
+		r.AddActivityN(ProcessWorkItemName, ProcessWorkItem(work)),
 		r.AddActivityN(AggregateResultsName, AggregateResults),
 	)
 }
@@ -223,7 +248,7 @@ func Orchestrator(log zerolog.Logger) task.Orchestrator {
 
 		var summary Summary
 		if partitions <= 1 {
-			summary, err = fanOut(ctx, work, plan.MaxParallelism)
+			summary, err = fanOut(ctx, work, plan.MaxParallelism, plan.retry())
 		} else {
 			summary, err = fanOutPartitions(ctx, work, size, plan)
 		}
@@ -231,7 +256,7 @@ func Orchestrator(log zerolog.Logger) task.Orchestrator {
 			return nil, err
 		}
 		if !ctx.IsReplaying {
-			log.Info().Int("items", summary.TotalItemsProcessed).Int("totalValue", summary.TotalValue).Msg("fan-in complete")
+			log.Info().Int("items", summary.TotalItemsProcessed).Int("failed", summary.TotalItemsFailed).Int("totalValue", summary.TotalValue).Msg("fan-in complete")
 		}
 		return summary, nil
 	}
@@ -261,12 +286,21 @@ func readPlan(ctx *task.OrchestrationContext) (Plan, error) {
 		{"chunks", plan.Chunks, config.MaxWorkItems},
 		{"partitionSize", plan.PartitionSize, config.MaxPartitionSize},
 		{"maxParallelism", plan.MaxParallelism, config.MaxWorkItems},
+		{"retry.maxAttempts", plan.retry().MaxAttempts, config.MaxAttempts},
 	} {
 		if f.value < 0 || f.value > f.at {
 			return plan, fmt.Errorf("reading the input: %s is %d; it must be from 0 to %d", f.name, f.value, f.at)
 		}
 	}
 	return plan, nil
+}
+
+// retry is the plan's retry policy.
+func (p Plan) retry() RetryPolicy {
+	if p.Retry == nil {
+		return DefaultRetry
+	}
+	return *p.Retry
 }
 
 // items returns the plan's work items, waiting for them if they come in
@@ -304,16 +338,27 @@ func Partition(ctx *task.OrchestrationContext) (any, error) {
 		return nil, fmt.Errorf("reading the partition: %w", err)
 	}
 	work := items{list: p.Items, first: p.First, count: p.Count}
-	return fanOut(ctx, work, p.Window)
+	retry := DefaultRetry
+	if p.Retry != nil {
+		retry = *p.Retry
+	}
+	return fanOut(ctx, work, p.Window, retry)
 }
 
 // fanOut runs process_work_item for every item, at most window at once
-// (0: all at once), and aggregates their results. Errors name the item by
-// its place in the whole fan-out.
-func fanOut(ctx *task.OrchestrationContext, work items, window int) (Summary, error) {
+// (0: all at once), each tried again as retry says while it fails, and
+// aggregates their results. An item failing every attempt is listed in the
+// summary, not fatal.
+func fanOut(ctx *task.OrchestrationContext, work items, window int, retry RetryPolicy) (Summary, error) {
 	n := work.len()
 	tasks := slide(ctx, n, window, func(i, _ int) task.Task {
-		return ctx.CallActivity(ProcessWorkItemName, task.WithActivityInput(work.at(i)))
+		item := work.at(i)
+		return newRetrying(ctx, retry, func(attempt int) task.Task {
+			if attempt == 1 {
+				return ctx.CallActivity(ProcessWorkItemName, task.WithActivityInput(item))
+			}
+			return ctx.CallActivity(ProcessWorkItemName, task.WithActivityInput(Attempt{Item: item, Attempt: attempt}))
+		})
 	}, func(done []bool) {
 		finished := 0
 		for _, d := range done {
@@ -323,14 +368,18 @@ func fanOut(ctx *task.OrchestrationContext, work items, window int) (Summary, er
 		}
 		setProgress(ctx, finished, n)
 	})
-	results := make([]ItemResult, n)
+	var in AggregateInput
 	for i, t := range tasks {
-		if err := t.Await(&results[i]); err != nil {
-			return Summary{}, fmt.Errorf("work item %d (%q) failed: %w", work.first+i, work.at(i), err)
+		var r ItemResult
+		if err := t.Await(&r); err != nil {
+			in.Failed = append(in.Failed, FailedItem{Index: work.first + i, Item: work.at(i), Error: failureMessage(err), Attempts: t.(*retrying).attempt})
+			continue
 		}
+		in.Results = append(in.Results, r)
 	}
+	setProgress(ctx, n, n) // slide's last report may predate retries
 	var summary Summary
-	if err := ctx.CallActivity(AggregateResultsName, task.WithActivityInput(AggregateInput{Results: results})).Await(&summary); err != nil {
+	if err := ctx.CallActivity(AggregateResultsName, task.WithActivityInput(in)).Await(&summary); err != nil {
 		return Summary{}, fmt.Errorf("aggregating the results failed: %w", err)
 	}
 	return summary, nil
@@ -362,6 +411,7 @@ func fanOutPartitions(ctx *task.OrchestrationContext, work items, size int, plan
 	tasks := slide(ctx, count, running, func(k, slot int) task.Task {
 		p := work.slice(k*size, min(n, (k+1)*size))
 		p.Window = share(slot)
+		p.Retry = plan.Retry
 		input, _ := json.Marshal(p) // strings and ints always encode
 		if plan.StepBytes > 0 && stepBytes > 0 && stepBytes+len(input) > plan.StepBytes {
 			// A step must stay under the scheduler's message limit: end
@@ -444,7 +494,7 @@ func report(tasks []task.Task, from, to int, progress func(done []bool)) {
 		done[i] = true
 	}
 	for i := from; i < to; i++ {
-		done[i] = finished(tasks[i])
+		done[i] = settled(tasks[i])
 	}
 	progress(done)
 }
@@ -477,26 +527,54 @@ func finished(t task.Task) (done bool) {
 	return true
 }
 
-// ProcessWorkItem returns process_work_item, which simulates work on one item
-// for a random time in [minDelay, maxDelay] and scores it 1 to 100.
-func ProcessWorkItem(minDelay, maxDelay time.Duration) task.Activity {
+// Attempt is process_work_item's input on a retry: the item and which
+// attempt this is, from 2. A first attempt's input is the item alone.
+type Attempt struct {
+	Item    string `json:"item"`
+	Attempt int    `json:"attempt"`
+}
+
+// ProcessWorkItem returns process_work_item, which simulates work on one
+// item, as work says, and scores it 1 to 100.
+func ProcessWorkItem(work config.Work) task.Activity {
 	return func(ctx task.ActivityContext) (any, error) {
-		var item string
-		if err := ctx.GetInput(&item); err != nil {
+		var raw json.RawMessage
+		if err := ctx.GetInput(&raw); err != nil {
 			return nil, fmt.Errorf("reading the work item: %w", err)
 		}
+		in := Attempt{Attempt: 1}
+		var err error
+		if len(raw) > 0 && raw[0] == '{' {
+			err = json.Unmarshal(raw, &in)
+		} else {
+			err = json.Unmarshal(raw, &in.Item)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading the work item: it must be a string or {\"item\": …, \"attempt\": n}: %w", err)
+		}
+		item := in.Item
 		log := zerolog.Ctx(ctx.Context())
-		log.Debug().Str("item", item).Msg("processing work item")
+		log.Debug().Str("item", item).Int("attempt", in.Attempt).Msg("processing work item")
+
+		if work.FailItems != nil && work.FailItems.MatchString(item) && (work.FailAttempts == 0 || in.Attempt <= work.FailAttempts) {
+			log.Warn().Str("item", item).Int("attempt", in.Attempt).Msg("failing work item on purpose")
+			return nil, fmt.Errorf("attempt %d at %q failed on purpose: %s matches it", in.Attempt, item, config.SettingFailItems)
+		}
 
 		start := time.Now()
-		delay := minDelay
-		if maxDelay > minDelay {
-			delay += rand.N(maxDelay - minDelay + 1)
+		delay := work.MinDelay
+		if work.MaxDelay > work.MinDelay {
+			delay += rand.N(work.MaxDelay - work.MinDelay + 1)
 		}
 		t := time.NewTimer(delay)
 		defer t.Stop()
+		timeout := time.NewTimer(work.Timeout)
+		defer timeout.Stop()
 		select {
 		case <-t.C:
+		case <-timeout.C:
+			log.Warn().Str("item", item).Int("attempt", in.Attempt).Dur("timeout", work.Timeout).Msg("work item timed out")
+			return nil, fmt.Errorf("attempt %d at %q took longer than %s (%s)", in.Attempt, item, work.Timeout, config.SettingItemTimeout)
 		case <-ctx.Context().Done():
 			// The worker is stopping: the result is not recorded and the item
 			// runs again when the hub next runs.
@@ -532,7 +610,7 @@ func AggregateResults(ctx task.ActivityContext) (any, error) {
 		return nil, fmt.Errorf("reading the results: %w", err)
 	}
 
-	s := Summary{Success: true}
+	s := Summary{FailedItems: []FailedItem{}}
 	// Seconds are summed in hundredths, as each was rounded, so that the
 	// total does not depend on how the items were partitioned.
 	var hundredths int64
@@ -542,13 +620,31 @@ func AggregateResults(ctx task.ActivityContext) (any, error) {
 		hundredths += int64(math.Round(r.ProcessingTime * 100))
 		s.ProcessedItems = append(s.ProcessedItems, r.ProcessedItem)
 	}
+	failedBytes := 0
+	listFailed := func(f FailedItem) {
+		b, _ := json.Marshal(f)
+		if failedBytes += len(b) + 1; failedBytes > FailedListBytes {
+			s.FailedItemsOmitted++
+			return
+		}
+		s.FailedItems = append(s.FailedItems, f)
+	}
+	for _, f := range in.Failed {
+		s.TotalItemsFailed++
+		listFailed(f)
+	}
 	for _, p := range in.Partials {
 		s.TotalItemsProcessed += p.TotalItemsProcessed
+		s.TotalItemsFailed += p.TotalItemsFailed
 		s.TotalValue += p.TotalValue
 		hundredths += int64(math.Round(p.TotalProcessingTime * 100))
 		s.ProcessedItems = append(s.ProcessedItems, p.ProcessedItems...)
-		s.Success = s.Success && p.Success
+		for _, f := range p.FailedItems {
+			listFailed(f)
+		}
+		s.FailedItemsOmitted += p.FailedItemsOmitted
 	}
+	s.Success = s.TotalItemsFailed == 0
 	if in.OmitItems {
 		s.ProcessedItems, s.ProcessedItemsOmitted = nil, true
 	} else if s.ProcessedItems == nil {
@@ -558,7 +654,7 @@ func AggregateResults(ctx task.ActivityContext) (any, error) {
 		s.AverageValue = round2(float64(s.TotalValue) / float64(s.TotalItemsProcessed))
 	}
 	s.TotalProcessingTime = float64(hundredths) / 100
-	zerolog.Ctx(ctx.Context()).Info().Int("items", s.TotalItemsProcessed).Int("totalValue", s.TotalValue).Msg("aggregated results")
+	zerolog.Ctx(ctx.Context()).Info().Int("items", s.TotalItemsProcessed).Int("failed", s.TotalItemsFailed).Int("totalValue", s.TotalValue).Msg("aggregated results")
 	return s, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"math"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -80,14 +81,31 @@ func registryWith(process func(item string) (functions.ItemResult, error)) *task
 	r.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
 	r.AddOrchestratorN(functions.PartitionName, functions.Partition)
 	r.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
+	if process == nil {
+		return r // the caller registers its own
+	}
 	r.AddActivityN(functions.ProcessWorkItemName, func(ctx task.ActivityContext) (any, error) {
-		var item string
-		if err := ctx.GetInput(&item); err != nil {
+		in, err := attemptOf(ctx)
+		if err != nil {
 			return nil, err
 		}
-		return process(item)
+		return process(in.Item)
 	})
 	return r
+}
+
+// attemptOf reads process_work_item's input: the item, or on a retry the
+// item and the attempt.
+func attemptOf(ctx task.ActivityContext) (functions.Attempt, error) {
+	var raw json.RawMessage
+	if err := ctx.GetInput(&raw); err != nil {
+		return functions.Attempt{}, err
+	}
+	in := functions.Attempt{Attempt: 1}
+	if raw[0] == '{' {
+		return in, json.Unmarshal(raw, &in)
+	}
+	return in, json.Unmarshal(raw, &in.Item)
 }
 
 func complete(md *api.OrchestrationMetadata) bool { return md.IsComplete() }
@@ -113,7 +131,7 @@ func progress(t *testing.T, md *api.OrchestrationMetadata) functions.Progress {
 func TestFanOutFanIn(t *testing.T) {
 	// Registration
 	r := task.NewTaskRegistry()
-	if err := functions.Register(r, 0, 0, zerolog.Nop()); err != nil {
+	if err := functions.Register(r, config.Work{Timeout: time.Minute}, zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
 	hub := openHub(t, r)
@@ -197,23 +215,96 @@ func TestProgressCountsItemsInTheOrderTheyFinish(t *testing.T) {
 	}
 }
 
-func TestFailedWorkItemFailsTheOrchestration(t *testing.T) {
-	hub := openHub(t, registryWith(func(item string) (functions.ItemResult, error) {
-		if item == "bad" {
-			return functions.ItemResult{}, errors.New("the bad item cannot be processed")
-		}
-		return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: 1}, nil
-	}))
+// fastRetry retries at once, so that tests of failures take no time.
+var fastRetry = &functions.RetryPolicy{MaxAttempts: 3, FirstDelayMs: 1, Backoff: 2, MaxDelayMs: 4}
 
-	md := waitFor(t, hub, start(t, hub, []string{"good", "bad"}), complete)
-	if got, want := md.RuntimeStatus, api.RUNTIME_STATUS_FAILED; got != want {
-		t.Fatalf("status: got %v, want %v", got, want)
-	}
-	msg := md.FailureDetails.GetErrorMessage()
-	for _, want := range []string{`work item 1 ("bad") failed`, "the bad item cannot be processed"} {
-		if !strings.Contains(msg, want) {
-			t.Errorf("failure message %q does not say %q", msg, want)
+// A failed attempt is tried again after the policy's delays, each longer
+// than the one before, and an item that then succeeds counts as any other.
+func TestFailedAttemptsAreRetriedAfterTheirDelays(t *testing.T) {
+	var mu sync.Mutex
+	var attempts []time.Time // of "flaky"
+	r := registryWith(nil)
+	r.AddActivityN(functions.ProcessWorkItemName, func(ctx task.ActivityContext) (any, error) {
+		in, err := attemptOf(ctx)
+		if err != nil {
+			return nil, err
 		}
+		if in.Item == "flaky" {
+			mu.Lock()
+			attempts = append(attempts, time.Now())
+			mu.Unlock()
+			if in.Attempt < 3 {
+				return nil, fmt.Errorf("attempt %d of flaky fails", in.Attempt)
+			}
+		}
+		return functions.ItemResult{Item: in.Item, ProcessedItem: "Processed_" + in.Item, Value: 10}, nil
+	})
+	hub := openHub(t, r)
+
+	retry := &functions.RetryPolicy{MaxAttempts: 3, FirstDelayMs: 300, Backoff: 2, MaxDelayMs: 10_000}
+	_, s := runPlan(t, hub, functions.Plan{Items: []string{"a", "flaky", "b"}, Retry: retry})
+	if !s.Success || s.TotalItemsProcessed != 3 || s.TotalItemsFailed != 0 || s.TotalValue != 30 {
+		t.Errorf("summary: got %+v, want 3 items processed, none failed, total 30, success", s)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(attempts) != 3 {
+		t.Fatalf("flaky was tried %d times, want 3", len(attempts))
+	}
+	// Durable timers fire on time or a little later, never earlier.
+	for i, want := range []time.Duration{300 * time.Millisecond, 600 * time.Millisecond} {
+		if got := attempts[i+1].Sub(attempts[i]); got < want {
+			t.Errorf("retry %d came %s after the failure, before its delay of %s", i+1, got, want)
+		}
+	}
+}
+
+// An item that fails every attempt does not fail the run: the summary says
+// which failed and why, and its totals are over the items that succeeded,
+// whether the items ran all at once, in a window, or in partitions.
+func TestItemsFailingEveryAttemptAreListed(t *testing.T) {
+	var mu sync.Mutex
+	tries := map[string]int{}
+	hub := openHub(t, registryWith(func(item string) (functions.ItemResult, error) {
+		mu.Lock()
+		tries[item]++
+		mu.Unlock()
+		if strings.HasPrefix(item, "bad") {
+			return functions.ItemResult{}, fmt.Errorf("%s cannot be processed", item)
+		}
+		return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: 10}, nil
+	}))
+	items := []string{"a", "bad1", "b", "c", "bad2", "d", "e"}
+	for _, tc := range []struct {
+		name string
+		plan functions.Plan
+	}{
+		{"all at once", functions.Plan{Items: items, Retry: fastRetry}},
+		{"window", functions.Plan{Items: items, MaxParallelism: 2, Retry: fastRetry}},
+		{"partitions", functions.Plan{Items: items, PartitionSize: 3, MaxParallelism: 2, Retry: fastRetry}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clear(tries)
+			_, s := runPlan(t, hub, tc.plan)
+			want := []functions.FailedItem{
+				{Index: 1, Item: "bad1", Error: "bad1 cannot be processed", Attempts: 3},
+				{Index: 4, Item: "bad2", Error: "bad2 cannot be processed", Attempts: 3},
+			}
+			if !reflect.DeepEqual(s.FailedItems, want) {
+				t.Errorf("failed_items: got %+v, want %+v", s.FailedItems, want)
+			}
+			if s.Success || s.TotalItemsProcessed != 5 || s.TotalItemsFailed != 2 || s.TotalValue != 50 || s.AverageValue != 10 {
+				t.Errorf("summary: got %+v, want 5 processed, 2 failed, total 50, average 10, no success", s)
+			}
+			if got, want := s.ProcessedItems, []string{"Processed_a", "Processed_b", "Processed_c", "Processed_d", "Processed_e"}; !slices.Equal(got, want) {
+				t.Errorf("processed_items: got %q, want %q", got, want)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if tries["bad1"] != 3 || tries["a"] != 1 {
+				t.Errorf("attempts: got %v, want 3 for each bad item and 1 for each other", tries)
+			}
+		})
 	}
 }
 
@@ -251,6 +342,7 @@ func TestAggregateResults(t *testing.T) {
 		AverageValue:        21.67,
 		TotalProcessingTime: 3.47,
 		ProcessedItems:      []string{"Processed_Task1", "Processed_Task2", "Processed_Task3"},
+		FailedItems:         []functions.FailedItem{},
 		Success:             true,
 	}
 	if !slices.Equal(got.ProcessedItems, want.ProcessedItems) {
@@ -265,7 +357,7 @@ func TestAggregateResults(t *testing.T) {
 	data, _ := json.Marshal(out)
 	var fields map[string]any
 	json.Unmarshal(data, &fields)
-	for _, name := range []string{"total_items_processed", "total_value", "average_value", "total_processing_time", "processed_items", "success"} {
+	for _, name := range []string{"total_items_processed", "total_value", "average_value", "total_processing_time", "processed_items", "success", "total_items_failed", "failed_items"} {
 		if _, ok := fields[name]; !ok {
 			t.Errorf("summary JSON lacks %q: %s", name, data)
 		}
@@ -274,7 +366,7 @@ func TestAggregateResults(t *testing.T) {
 
 func TestProcessWorkItem(t *testing.T) {
 	const minDelay, maxDelay = 20 * time.Millisecond, 40 * time.Millisecond
-	activity := functions.ProcessWorkItem(minDelay, maxDelay)
+	activity := functions.ProcessWorkItem(config.Work{MinDelay: minDelay, MaxDelay: maxDelay, Timeout: time.Minute})
 	for range 5 {
 		start := time.Now()
 		out, err := activity(activityInput{context.Background(), "Task7"})
@@ -301,8 +393,45 @@ func TestProcessWorkItem(t *testing.T) {
 func TestProcessWorkItemStopsWhenTheWorkerStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := functions.ProcessWorkItem(time.Hour, time.Hour)(activityInput{ctx, "Task1"}); !errors.Is(err, context.Canceled) {
+	if _, err := functions.ProcessWorkItem(config.Work{MinDelay: time.Hour, MaxDelay: time.Hour, Timeout: 2 * time.Hour})(activityInput{ctx, "Task1"}); !errors.Is(err, context.Canceled) {
 		t.Errorf("got %v, want context.Canceled", err)
+	}
+}
+
+// An attempt that outlasts the timeout fails, saying which setting bounds it.
+func TestProcessWorkItemTimesOut(t *testing.T) {
+	activity := functions.ProcessWorkItem(config.Work{MinDelay: time.Hour, MaxDelay: time.Hour, Timeout: 50 * time.Millisecond})
+	start := time.Now()
+	_, err := activity(activityInput{context.Background(), "Task1"})
+	if err == nil || !strings.Contains(err.Error(), `attempt 1 at "Task1" took longer than 50ms (FANOUT_ITEM_TIMEOUT)`) {
+		t.Fatalf("got %v, want a timeout naming FANOUT_ITEM_TIMEOUT", err)
+	}
+	if elapsed := time.Since(start); elapsed > 10*time.Second {
+		t.Errorf("the timed-out attempt returned after %s", elapsed)
+	}
+}
+
+// FANOUT_FAIL_ITEMS fails the items it matches, whole names only, on their
+// first FANOUT_FAIL_ATTEMPTS attempts.
+func TestProcessWorkItemFailsChosenItems(t *testing.T) {
+	activity := functions.ProcessWorkItem(config.Work{Timeout: time.Minute, FailItems: regexp.MustCompile(`^(?:Task[12])$`), FailAttempts: 2})
+	for _, tc := range []struct {
+		input any
+		fails bool
+	}{
+		{"Task1", true},
+		{functions.Attempt{Item: "Task2", Attempt: 2}, true},
+		{functions.Attempt{Item: "Task2", Attempt: 3}, false},
+		{"Task12", false},
+		{"Task3", false},
+	} {
+		_, err := activity(activityInput{context.Background(), tc.input})
+		if got := err != nil; got != tc.fails {
+			t.Errorf("%v: failed %v (%v), want %v", tc.input, got, err, tc.fails)
+		}
+		if err != nil && !strings.Contains(err.Error(), "failed on purpose: FANOUT_FAIL_ITEMS matches it") {
+			t.Errorf("%v: %v does not say why", tc.input, err)
+		}
 	}
 }
 
@@ -314,7 +443,10 @@ func TestProcessWorkItemStopsWhenTheWorkerStops(t *testing.T) {
 // random order (0 to 5 ms each), which a sliding window must follow.
 func TestReplayIsDeterministic(t *testing.T) {
 	r := task.NewTaskRegistry()
-	if err := functions.Register(r, 0, 5*time.Millisecond, zerolog.Nop()); err != nil {
+	// Two items fail their first attempt: retries, and their timers, must
+	// replay too.
+	work := config.Work{MaxDelay: 5 * time.Millisecond, Timeout: time.Minute, FailItems: regexp.MustCompile(`^(?:Task3|Task17)$`), FailAttempts: 1}
+	if err := functions.Register(r, work, zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(t.TempDir(), "replay.sqlite")
@@ -328,18 +460,22 @@ func TestReplayIsDeterministic(t *testing.T) {
 		plan       functions.Plan
 		partitions int
 	}{
-		{"all at once", functions.Plan{Items: items}, 0},
-		{"window", functions.Plan{Items: items, MaxParallelism: 4}, 0},
-		{"partitions", functions.Plan{Items: items, PartitionSize: 7}, 5},
-		{"partitions sharing a window", functions.Plan{Count: 30, PartitionSize: 7, MaxParallelism: 5}, 5},
+		{"all at once", functions.Plan{Items: items, Retry: fastRetry}, 0},
+		{"window", functions.Plan{Items: items, MaxParallelism: 4, Retry: fastRetry}, 0},
+		{"partitions", functions.Plan{Items: items, PartitionSize: 7, Retry: fastRetry}, 5},
+		{"partitions sharing a window", functions.Plan{Count: 30, PartitionSize: 7, MaxParallelism: 5, Retry: fastRetry}, 5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id, err := hub.ScheduleNewOrchestration(context.Background(), functions.OrchestratorName, api.WithInput(tc.plan))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if md := waitFor(t, hub, id, complete); md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+			md := waitFor(t, hub, id, complete)
+			if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
 				t.Fatalf("status: %v %v", md.RuntimeStatus, md.FailureDetails)
+			}
+			if !strings.Contains(md.SerializedOutput, `"total_items_processed":30,"total_items_failed":0,`) {
+				t.Errorf("summary: %s, want 30 items processed, none failed", md.SerializedOutput)
 			}
 			checkReplay(t, r, file, id)
 			for k := range tc.partitions {
@@ -382,6 +518,8 @@ func checkReplay(t *testing.T, r *task.TaskRegistry, file string, id api.Instanc
 				got = append(got, fmt.Sprintf("%d start %s %s(%s)", a.GetId(), so.GetInstanceId(), so.GetName(), so.GetInput().GetValue()))
 			case co != nil:
 				got = append(got, fmt.Sprintf("complete %v %s", co.GetOrchestrationStatus(), co.GetResult().GetValue()))
+			case a.GetCreateTimer() != nil:
+				got = append(got, fmt.Sprintf("%d timer %s", a.GetId(), a.GetCreateTimer().GetFireAt().AsTime()))
 			default:
 				got = append(got, fmt.Sprint(a))
 			}
@@ -402,7 +540,9 @@ func checkReplay(t *testing.T, r *task.TaskRegistry, file string, id api.Instanc
 // describe renders what an orchestrator asked for, as recorded, the way the
 // replayed actions are rendered; "" for any other event.
 func describe(e *backend.HistoryEvent) string {
-	switch ts, so, ec := e.GetTaskScheduled(), e.GetSubOrchestrationInstanceCreated(), e.GetExecutionCompleted(); {
+	switch ts, so, ec, tc := e.GetTaskScheduled(), e.GetSubOrchestrationInstanceCreated(), e.GetExecutionCompleted(), e.GetTimerCreated(); {
+	case tc != nil:
+		return fmt.Sprintf("%d timer %s", e.GetEventId(), tc.GetFireAt().AsTime())
 	case ts != nil:
 		return fmt.Sprintf("%d schedule %s(%s)", e.GetEventId(), ts.GetName(), ts.GetInput().GetValue())
 	case so != nil:
@@ -441,7 +581,7 @@ func runPlan(t *testing.T, c taskhub.Client, plan functions.Plan) (api.InstanceI
 	if err := json.Unmarshal([]byte(md.SerializedOutput), &s); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := progress(t, md).Completed, s.TotalItemsProcessed; got != want {
+	if got, want := progress(t, md).Completed, s.TotalItemsProcessed+s.TotalItemsFailed; got != want {
 		t.Errorf("final custom status counts %d items, want %d", got, want)
 	}
 	return id, s
@@ -555,7 +695,7 @@ func TestTwentyThousandItems(t *testing.T) {
 		t.Skip("make test runs this without the race detector, which slows SQLite twentyfold")
 	}
 	r := task.NewTaskRegistry()
-	if err := functions.Register(r, 0, 0, zerolog.Nop()); err != nil {
+	if err := functions.Register(r, config.Work{Timeout: time.Minute}, zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
 	hub := openHub(t, r)

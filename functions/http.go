@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -34,11 +35,19 @@ type HTTPFunction struct {
 // status function for an instance.
 type StatusURL func(r *http.Request, instanceID string) string
 
-// HTTP returns the app's HTTP functions. bounds are the task hub's.
-func HTTP(hub taskhub.Client, limits config.Limits, bounds taskhub.Bounds, statusURL StatusURL) []HTTPFunction {
+// Settings are what the HTTP functions go by, besides the task hub.
+type Settings struct {
+	Limits    config.Limits
+	Retry     config.Retry
+	Bounds    taskhub.Bounds // the task hub's
+	StatusURL StatusURL
+}
+
+// HTTP returns the app's HTTP functions.
+func HTTP(hub taskhub.Client, s Settings) []HTTPFunction {
 	return []HTTPFunction{
-		{Name: "fan_out_fan_in", Handler: StartFanOut(hub, limits, bounds, statusURL)},
-		{Name: "status", RouteParams: []string{"instanceId"}, Handler: Status(hub, statusURL)},
+		{Name: "fan_out_fan_in", Handler: StartFanOut(hub, s)},
+		{Name: "status", RouteParams: []string{"instanceId", "action"}, Handler: Status(hub, s)},
 	}
 }
 
@@ -55,71 +64,103 @@ const (
 // checkStatus is the body of a start response, in Durable Functions' shape,
 // holding the URIs this app serves.
 type checkStatus struct {
-	ID                string `json:"id"`
-	StatusQueryGetURI string `json:"statusQueryGetUri"`
+	ID                    string `json:"id"`
+	StatusQueryGetURI     string `json:"statusQueryGetUri"`
+	TerminatePostURI      string `json:"terminatePostUri"`
+	SuspendPostURI        string `json:"suspendPostUri"`
+	ResumePostURI         string `json:"resumePostUri"`
+	RestartPostURI        string `json:"restartPostUri"`
+	PurgeHistoryDeleteURI string `json:"purgeHistoryDeleteUri"`
+}
+
+func newCheckStatus(id, statusURL string) checkStatus {
+	return checkStatus{
+		ID:                    id,
+		StatusQueryGetURI:     statusURL,
+		TerminatePostURI:      statusURL + "/terminate?reason={text}",
+		SuspendPostURI:        statusURL + "/suspend?reason={text}",
+		ResumePostURI:         statusURL + "/resume?reason={text}",
+		RestartPostURI:        statusURL + "/restart",
+		PurgeHistoryDeleteURI: statusURL,
+	}
 }
 
 // StartFanOut is fan_out_fan_in: it validates the request, schedules the
-// orchestration and answers 202 with where to watch it. Work items that do
-// not fit one orchestration input on the task hub (bounds) follow the start
-// as events, in parts that do.
-func StartFanOut(hub taskhub.Client, limits config.Limits, bounds taskhub.Bounds, statusURL StatusURL) http.Handler {
+// orchestration and answers 202 with where to watch it.
+func StartFanOut(hub taskhub.Client, s Settings) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		plan, err := readStartRequest(w, r, limits)
+		plan, err := readStartRequest(w, r, s.Limits)
 		if err != nil {
 			httpjson.RenderError(w, r, err)
 			return
 		}
-		plan.PartitionSize = limits.PartitionSize
-		// Three quarters of a payload: the rest of a summary, a step or an
-		// event needs room too.
-		budget := bounds.MaxPayloadBytes * 3 / 4
-		plan.ListBytes = budget
-		plan.StepBytes = bounds.MaxStepBytes * 3 / 4
-		var chunks [][]string
-		if budget > 0 && len(plan.Items) > 0 {
-			sizes := encodedSizes(plan.Items)
-			if err := fitPartitions(sizes, plan.PartitionSize, budget); err != nil {
-				httpjson.RenderError(w, r, err)
-				return
-			}
-			if input, _ := json.Marshal(plan); len(input) > bounds.MaxPayloadBytes {
-				chunks = chunk(plan.Items, sizes, budget)
-				plan.Chunks, plan.Total, plan.Items = len(chunks), len(plan.Items), nil
-			}
-		}
-		n := max(plan.Count, plan.Total, len(plan.Items))
-		id, err := hub.ScheduleNewOrchestration(r.Context(), OrchestratorName, api.WithInput(plan))
-		if err != nil {
-			renderHubError(w, r, fmt.Errorf("scheduling %s: %w", OrchestratorName, err))
-			return
-		}
-		// The caller going away must not leave the instance waiting for
-		// parts nobody sends.
-		sendCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), ItemsTimeout/2)
-		defer cancel()
-		for i, c := range chunks {
-			if err := hub.RaiseEvent(sendCtx, id, ItemsEvent+strconv.Itoa(i), api.WithEventPayload(c)); err != nil {
-				// The instance waits for every part, then fails having run
-				// nothing: the start did not happen, as far as work goes.
-				zerolog.Ctx(r.Context()).Warn().Str("instanceId", string(id)).Err(err).
-					Msgf("sending the work items failed after %d of %d parts; the instance will fail in %s without processing any", i, len(chunks), ItemsTimeout)
-				renderHubError(w, r, fmt.Errorf("sending work items to %s: %w", id, err))
-				return
-			}
-		}
-		zerolog.Ctx(r.Context()).Info().Str("instanceId", string(id)).Int("items", n).Int("parts", max(1, len(chunks))).Msg("started orchestration")
-		url := statusURL(r, string(id))
-		w.Header().Set("Location", url)
-		w.Header().Set("Retry-After", retryAfterStart)
-		httpjson.Write(w, http.StatusAccepted, checkStatus{ID: string(id), StatusQueryGetURI: url})
+		start(w, r, hub, s, plan)
 	})
 }
 
-// resultBytes is what an item's result takes in a partition's results
-// besides the item itself, twice: {"item":…,"processed_item":"Processed_…",
-// "value":100,"processing_time":12.34},
-const resultBytes = 80
+// start schedules an orchestration of the plan's items, count and
+// parallelism, the rest as the settings say, and answers 202 with where to
+// watch it. Work items that do not fit one orchestration input on the task
+// hub follow the start as events, in parts that do.
+func start(w http.ResponseWriter, r *http.Request, hub taskhub.Client, s Settings, plan Plan) {
+	limits, bounds, statusURL := s.Limits, s.Bounds, s.StatusURL
+	retry := NewRetryPolicy(s.Retry)
+	plan.Retry = &retry
+	plan.PartitionSize = limits.PartitionSize
+	// Three quarters of a payload: the rest of a summary, a step or an
+	// event needs room too.
+	budget := bounds.MaxPayloadBytes * 3 / 4
+	plan.ListBytes = budget
+	plan.StepBytes = bounds.MaxStepBytes * 3 / 4
+	var chunks [][]string
+	if budget > 0 && len(plan.Items) > 0 {
+		sizes := encodedSizes(plan.Items)
+		if err := fitPartitions(sizes, plan.PartitionSize, budget); err != nil {
+			httpjson.RenderError(w, r, err)
+			return
+		}
+		if input, _ := json.Marshal(plan); len(input) > bounds.MaxPayloadBytes {
+			chunks = chunk(plan.Items, sizes, budget)
+			plan.Chunks, plan.Total, plan.Items = len(chunks), len(plan.Items), nil
+		}
+	}
+	n := max(plan.Count, plan.Total, len(plan.Items))
+	id, err := hub.ScheduleNewOrchestration(r.Context(), OrchestratorName, api.WithInput(plan))
+	if err != nil {
+		renderHubError(w, r, fmt.Errorf("scheduling %s: %w", OrchestratorName, err))
+		return
+	}
+	// The caller going away must not leave the instance waiting for
+	// parts nobody sends.
+	sendCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), ItemsTimeout/2)
+	defer cancel()
+	for i, c := range chunks {
+		if err := hub.RaiseEvent(sendCtx, id, ItemsEvent+strconv.Itoa(i), api.WithEventPayload(c)); err != nil {
+			// The instance waits for every part, then fails having run
+			// nothing: the start did not happen, as far as work goes.
+			zerolog.Ctx(r.Context()).Warn().Str("instanceId", string(id)).Err(err).
+				Msgf("sending the work items failed after %d of %d parts; the instance will fail in %s without processing any", i, len(chunks), ItemsTimeout)
+			renderHubError(w, r, fmt.Errorf("sending work items to %s: %w", id, err))
+			return
+		}
+	}
+	zerolog.Ctx(r.Context()).Info().Str("instanceId", string(id)).Int("items", n).Int("parts", max(1, len(chunks))).Msg("started orchestration")
+	url := statusURL(r, string(id))
+	w.Header().Set("Location", url)
+	w.Header().Set("Retry-After", retryAfterStart)
+	httpjson.Write(w, http.StatusAccepted, newCheckStatus(string(id), url))
+
+}
+
+// An item's entry in a partition's results, which aggregate_results gets
+// as one payload: its result, {"item":…,"processed_item":"Processed_…",
+// "value":100,"processing_time":12.34}, which holds the item twice plus
+// resultBytes; or its failure, {"index":…,"item":…,"error":…,"attempts":3},
+// which holds it once plus failedBytes (the error shortened to 160 bytes).
+const (
+	resultBytes = 80
+	failedBytes = 240
+)
 
 // encodedSizes is how many bytes each item takes as JSON, which encodes
 // non-ASCII and <, >, & in several bytes each.
@@ -139,7 +180,7 @@ func fitPartitions(sizes []int, size, maxBytes int) error {
 	for from := 0; from < len(sizes); from += size {
 		to, n := min(len(sizes), from+size), 0
 		for _, s := range sizes[from:to] {
-			n += 2*s + resultBytes
+			n += max(2*s+resultBytes, s+failedBytes)
 		}
 		if n > maxBytes {
 			return httpjson.Errorf(http.StatusRequestEntityTooLarge,
@@ -264,7 +305,7 @@ type statusBody struct {
 	Name            string          `json:"name"`
 	InstanceID      string          `json:"instanceId"`
 	RuntimeStatus   string          `json:"runtimeStatus"`
-	Input           json.RawMessage `json:"input"`
+	Input           json.RawMessage `json:"input,omitempty"` // left out with showInput=false
 	CustomStatus    json.RawMessage `json:"customStatus"`
 	Output          json.RawMessage `json:"output"`
 	CreatedTime     string          `json:"createdTime"`
@@ -282,15 +323,29 @@ var runtimeStatusNames = map[api.OrchestrationStatus]string{
 	api.RUNTIME_STATUS_SUSPENDED:        "Suspended",
 }
 
-// Status is status: it reports an instance's state, answering 202 with where
-// to poll again while it has not finished and 200 once it has.
-func Status(hub taskhub.Client, statusURL StatusURL) http.Handler {
+// Status is status: GET reports an instance's state, answering 202 with
+// where to poll again while it has not finished and 200 once it has; POST
+// …/terminate, …/suspend, …/resume and …/restart manage it, and DELETE
+// purges it.
+func Status(hub taskhub.Client, s Settings) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := mux.Vars(r)["instanceId"]
+		vars := mux.Vars(r)
+		id, action := vars["instanceId"], strings.ToLower(vars["action"])
 		if id == "" {
 			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusBadRequest, "no instance id in the request"))
 			return
 		}
+		allowed := map[string]string{"": "GET, HEAD, DELETE", "terminate": "POST", "suspend": "POST", "resume": "POST", "restart": "POST"}[action]
+		if allowed == "" {
+			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusNotFound, "unknown action %q: the actions are terminate, suspend, resume and restart", vars["action"]))
+			return
+		}
+		if !slices.Contains(strings.Split(allowed, ", "), r.Method) {
+			w.Header().Set("Allow", allowed)
+			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusMethodNotAllowed, "%s is not allowed here: use %s", r.Method, allowed))
+			return
+		}
+
 		md, err := hub.FetchOrchestrationMetadata(r.Context(), api.InstanceID(id), api.WithFetchPayloads(true))
 		if errors.Is(err, api.ErrInstanceNotFound) {
 			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusNotFound, "no orchestration instance has id %q", id))
@@ -299,29 +354,77 @@ func Status(hub taskhub.Client, statusURL StatusURL) http.Handler {
 			renderHubError(w, r, fmt.Errorf("fetching instance %s: %w", id, err))
 			return
 		}
-
-		body := statusBody{
-			Name:            md.Name,
-			InstanceID:      string(md.InstanceID),
-			RuntimeStatus:   runtimeStatusNames[md.RuntimeStatus],
-			Input:           jsonValue(md.SerializedInput),
-			CustomStatus:    jsonValue(md.SerializedCustomStatus),
-			Output:          jsonValue(md.SerializedOutput),
-			CreatedTime:     timestamp(md.CreatedAt),
-			LastUpdatedTime: timestamp(md.LastUpdatedAt),
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			renderStatus(w, r, md, s.StatusURL, r.URL.Query().Get("showInput") != "false")
+			return
 		}
-		if md.RuntimeStatus == api.RUNTIME_STATUS_FAILED && md.FailureDetails != nil {
-			// As in Durable Functions, a failed instance's output is its failure message.
-			body.Output, _ = json.Marshal(md.FailureDetails.GetErrorMessage())
+		if md.Name == PartitionName {
+			parent, _, _ := strings.Cut(id, ":p")
+			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusConflict, "instance %s is a partition of %s: manage %s instead", id, parent, parent))
+			return
 		}
-		status := http.StatusOK
-		if !md.IsComplete() {
-			status = http.StatusAccepted
-			w.Header().Set("Location", statusURL(r, id))
-			w.Header().Set("Retry-After", retryAfterRunning)
+		m := manager{hub: hub, md: md, reason: r.URL.Query().Get("reason")}
+		switch action {
+		case "":
+			n, err := m.purge(r.Context())
+			if err != nil {
+				renderHubError(w, r, err)
+				return
+			}
+			zerolog.Ctx(r.Context()).Info().Str("instanceId", id).Int("instancesDeleted", n).Msg("purged instance")
+			httpjson.Write(w, http.StatusOK, map[string]int{"instancesDeleted": n})
+			return
+		case "restart":
+			plan, err := m.restartPlan(r.Context())
+			if err != nil {
+				renderHubError(w, r, err)
+				return
+			}
+			start(w, r, hub, s, plan)
+			return
+		case "terminate":
+			err = m.terminate(r.Context())
+		case "suspend":
+			err = m.suspend(r.Context())
+		case "resume":
+			err = m.resume(r.Context())
 		}
-		httpjson.Write(w, status, body)
+		if err != nil {
+			renderHubError(w, r, err)
+			return
+		}
+		zerolog.Ctx(r.Context()).Info().Str("instanceId", id).Str("action", action).Str("reason", m.reason).Msg("instance managed")
+		url := s.StatusURL(r, id)
+		w.Header().Set("Location", url)
+		httpjson.Write(w, http.StatusAccepted, map[string]string{"id": id, "statusQueryGetUri": url})
 	})
+}
+
+// renderStatus answers a status query for md.
+func renderStatus(w http.ResponseWriter, r *http.Request, md *api.OrchestrationMetadata, statusURL StatusURL, showInput bool) {
+	body := statusBody{
+		Name:            md.Name,
+		InstanceID:      string(md.InstanceID),
+		RuntimeStatus:   runtimeStatusNames[md.RuntimeStatus],
+		CustomStatus:    jsonValue(md.SerializedCustomStatus),
+		Output:          jsonValue(md.SerializedOutput),
+		CreatedTime:     timestamp(md.CreatedAt),
+		LastUpdatedTime: timestamp(md.LastUpdatedAt),
+	}
+	if showInput {
+		body.Input = jsonValue(md.SerializedInput)
+	}
+	if md.RuntimeStatus == api.RUNTIME_STATUS_FAILED && md.FailureDetails != nil {
+		// As in Durable Functions, a failed instance's output is its failure message.
+		body.Output, _ = json.Marshal(md.FailureDetails.GetErrorMessage())
+	}
+	status := http.StatusOK
+	if !md.IsComplete() {
+		status = http.StatusAccepted
+		w.Header().Set("Location", statusURL(r, string(md.InstanceID)))
+		w.Header().Set("Retry-After", retryAfterRunning)
+	}
+	httpjson.Write(w, status, body)
 }
 
 // renderHubError renders a failed task hub call. A scheduler that cannot be

@@ -198,7 +198,7 @@ func TestStartWithCount(t *testing.T) {
 		t.Fatalf("status %d: %s", r.status, r.raw)
 	}
 	st := waitForStatus(t, r.body["statusQueryGetUri"].(string), "Completed")
-	if got, want := string(mustJSON(t, st.body["input"])), `{"count":10,"maxParallelism":3,"partitionSize":4}`; got != want {
+	if got, want := string(mustJSON(t, st.body["input"])), `{"count":10,"maxParallelism":3,"partitionSize":4,"retry":{"backoff":2,"firstDelayMs":1000,"maxAttempts":3,"maxDelayMs":60000}}`; got != want {
 		t.Errorf("input: got %s, want %s", got, want)
 	}
 	var out functions.Summary
@@ -285,7 +285,7 @@ func TestStatus(t *testing.T) {
 	if got, want := b["instanceId"], r.body["id"]; got != want {
 		t.Errorf("instanceId: got %v, want %v", got, want)
 	}
-	if got, want := string(mustJSON(t, b["input"])), `{"items":["Task1","Task2","Task3"],"partitionSize":1000}`; got != want {
+	if got, want := string(mustJSON(t, b["input"])), `{"items":["Task1","Task2","Task3"],"partitionSize":1000,"retry":{"backoff":2,"firstDelayMs":1000,"maxAttempts":3,"maxDelayMs":60000}}`; got != want {
 		t.Errorf("input: got %s, want %s", got, want)
 	}
 	if got, want := string(mustJSON(t, b["customStatus"])), `{"completed":3,"total":3}`; got != want {
@@ -323,17 +323,19 @@ func TestStatusOfUnknownInstance(t *testing.T) {
 	}
 }
 
+var fastRetrySettings = config.Retry{MaxAttempts: 3, FirstDelay: time.Millisecond, Backoff: 2, MaxDelay: 4 * time.Millisecond}
+
 // A start whose items are larger than one orchestration input may be sends
 // them after the start, in parts that fit; the orchestration runs them all,
 // in order.
 func TestStartSendsLargeInputsInParts(t *testing.T) {
 	r := task.NewTaskRegistry()
-	if err := functions.Register(r, 0, 0, zerolog.Nop()); err != nil {
+	if err := functions.Register(r, config.Work{Timeout: time.Minute}, zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
 	hub := openHub(t, r)
 	limits := config.Limits{MaxWorkItems: 1000, MaxItemLength: 100, MaxBodyBytes: 1 << 20, PartitionSize: 10}
-	h := functions.StartFanOut(hub, limits, taskhub.Bounds{MaxPayloadBytes: 4096}, func(*http.Request, string) string { return "" })
+	h := functions.StartFanOut(hub, functions.Settings{Limits: limits, Retry: fastRetrySettings, Bounds: taskhub.Bounds{MaxPayloadBytes: 4096}, StatusURL: func(*http.Request, string) string { return "" }})
 	items := make([]string, 100)
 	for i := range items {
 		items[i] = fmt.Sprintf("Part-of-a-large-start-%03d-%s", i, strings.Repeat("x", 34)) // 60 characters
@@ -375,13 +377,13 @@ func TestStartSendsLargeInputsInParts(t *testing.T) {
 // before anything is scheduled, rather than failing once processed.
 func TestStartRefusesItemsWhosePartitionResultsWouldNotFit(t *testing.T) {
 	r := task.NewTaskRegistry()
-	if err := functions.Register(r, 0, 0, zerolog.Nop()); err != nil {
+	if err := functions.Register(r, config.Work{Timeout: time.Minute}, zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(t.TempDir(), "test.sqlite")
 	hub := openHubFile(t, r, file)
 	limits := config.Limits{MaxWorkItems: 1000, MaxItemLength: 100, MaxBodyBytes: 1 << 20, PartitionSize: 10}
-	h := functions.StartFanOut(hub, limits, taskhub.Bounds{MaxPayloadBytes: 16 << 10}, func(*http.Request, string) string { return "" })
+	h := functions.StartFanOut(hub, functions.Settings{Limits: limits, Retry: fastRetrySettings, Bounds: taskhub.Bounds{MaxPayloadBytes: 16 << 10}, StatusURL: func(*http.Request, string) string { return "" }})
 	items := make([]string, 20)
 	for i := range items {
 		items[i] = strings.Repeat("<", 100) // 600 bytes as JSON

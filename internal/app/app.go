@@ -104,7 +104,7 @@ func Open(ctx context.Context, cfg config.Config, log zerolog.Logger, logOut io.
 		return nil, err
 	}
 	registry := task.NewTaskRegistry()
-	if err := functions.Register(registry, cfg.Work.MinDelay, cfg.Work.MaxDelay, log); err != nil {
+	if err := functions.Register(registry, cfg.Work, log); err != nil {
 		return nil, err
 	}
 	hub, err := taskhub.Open(ctx, cfg.TaskHub, registry, log)
@@ -122,7 +122,7 @@ func Open(ctx context.Context, cfg config.Config, log zerolog.Logger, logOut io.
 		return customhandler.BaseURL(r) + status.Path(cfg.RoutePrefix, map[string]string{"instanceId": instanceID})
 	}
 	var handlers []customhandler.Handler
-	for _, f := range functions.HTTP(hub.Client, cfg.Limits, hub.Bounds, statusURL) {
+	for _, f := range functions.HTTP(hub.Client, functions.Settings{Limits: cfg.Limits, Retry: cfg.Retry, Bounds: hub.Bounds, StatusURL: statusURL}) {
 		handlers = append(handlers, customhandler.Handler{Name: f.Name, RouteParams: f.RouteParams, Handler: f.Handler})
 	}
 	router, err := customhandler.NewRouter(fns, handlers, customhandler.Options{

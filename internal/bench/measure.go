@@ -22,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"fanoutfanin/functions"
+	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/logging"
 )
 
@@ -245,7 +246,7 @@ func (b *bench) baseline(ctx context.Context, n int) (time.Duration, error) {
 	log := logging.DurableTask{Log: zerolog.Nop()}
 	be := sqlite.NewSqliteBackend(sqlite.NewSqliteOptions(filepath.Join(dir, "defaults.sqlite")), log)
 	r := task.NewTaskRegistry()
-	if err := functions.Register(r, 0, 0, zerolog.Nop()); err != nil {
+	if err := functions.Register(r, config.Work{Timeout: time.Minute}, zerolog.Nop()); err != nil {
 		return 0, err
 	}
 	exec := task.NewTaskExecutor(r)

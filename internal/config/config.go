@@ -28,6 +28,7 @@ type Config struct {
 	LogLevel    zerolog.Level
 	Limits      Limits
 	Work        Work
+	Retry       Retry
 	TaskHub     TaskHub
 }
 
@@ -40,10 +41,26 @@ type Limits struct {
 	PartitionSize int // items one orchestration runs itself
 }
 
-// Work is how long process_work_item pretends to work, drawn uniformly from
-// [MinDelay, MaxDelay].
+// Work is how process_work_item behaves: it pretends to work for a time
+// drawn uniformly from [MinDelay, MaxDelay], and an attempt taking longer
+// than Timeout fails. Items whose whole name FailItems matches fail on
+// purpose: their first FailAttempts attempts, or every one if that is 0.
 type Work struct {
 	MinDelay, MaxDelay time.Duration
+	Timeout            time.Duration
+	FailItems          *regexp.Regexp // nil: none
+	FailAttempts       int
+}
+
+// Retry is how a failed process_work_item is tried again: up to
+// MaxAttempts attempts in all, the first retry after FirstDelay, each
+// later one Backoff times longer than the one before, never more than
+// MaxDelay.
+type Retry struct {
+	MaxAttempts int
+	FirstDelay  time.Duration
+	Backoff     float64
+	MaxDelay    time.Duration
 }
 
 // TaskHub says which durable task hub to run on and how hard to drive it.
@@ -84,6 +101,13 @@ const (
 	SettingMaxStep       = "FANOUT_SCHEDULER_MAX_STEP_BYTES"
 	SettingWorkMinDelay  = "FANOUT_WORK_MIN_DELAY"
 	SettingWorkMaxDelay  = "FANOUT_WORK_MAX_DELAY"
+	SettingItemTimeout   = "FANOUT_ITEM_TIMEOUT"
+	SettingFailItems     = "FANOUT_FAIL_ITEMS"
+	SettingFailAttempts  = "FANOUT_FAIL_ATTEMPTS"
+	SettingMaxAttempts   = "FANOUT_ITEM_MAX_ATTEMPTS"
+	SettingRetryDelay    = "FANOUT_ITEM_RETRY_DELAY"
+	SettingRetryBackoff  = "FANOUT_ITEM_RETRY_BACKOFF"
+	SettingRetryMaxDelay = "FANOUT_ITEM_RETRY_MAX_DELAY"
 	SettingEmbeddedDir   = "FANOUT_EMBEDDED_DIR"
 	SettingLockTimeout   = "FANOUT_EMBEDDED_LOCK_TIMEOUT"
 )
@@ -100,6 +124,12 @@ const (
 	DefaultWorkMinDelay      = 500 * time.Millisecond
 	DefaultWorkMaxDelay      = 2 * time.Second
 	DefaultLockTimeout       = 30 * time.Second
+	DefaultItemTimeout       = 5 * time.Minute
+	DefaultMaxAttempts       = 3
+	DefaultRetryDelay        = time.Second
+	DefaultRetryBackoff      = 2.0
+	DefaultRetryMaxDelay     = time.Minute
+	MaxAttempts              = 100
 
 	DefaultMaxWorkItems = 100_000
 	MaxWorkItems        = 1_000_000
@@ -170,9 +200,24 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 			PartitionSize: p.int(SettingPartitionSize, DefaultPartitionSize, 1, MaxPartitionSize),
 		},
 		Work: Work{
-			MinDelay: p.duration(SettingWorkMinDelay, DefaultWorkMinDelay),
-			MaxDelay: p.duration(SettingWorkMaxDelay, DefaultWorkMaxDelay),
+			MinDelay:     p.duration(SettingWorkMinDelay, DefaultWorkMinDelay),
+			MaxDelay:     p.duration(SettingWorkMaxDelay, DefaultWorkMaxDelay),
+			Timeout:      p.duration(SettingItemTimeout, DefaultItemTimeout),
+			FailItems:    p.pattern(SettingFailItems),
+			FailAttempts: p.int(SettingFailAttempts, 0, 0, MaxAttempts),
 		},
+		Retry: Retry{
+			MaxAttempts: p.int(SettingMaxAttempts, DefaultMaxAttempts, 1, MaxAttempts),
+			FirstDelay:  p.duration(SettingRetryDelay, DefaultRetryDelay),
+			Backoff:     p.float(SettingRetryBackoff, DefaultRetryBackoff, 1, 10),
+			MaxDelay:    p.duration(SettingRetryMaxDelay, DefaultRetryMaxDelay),
+		},
+	}
+	if cfg.Work.Timeout == 0 {
+		p.fail("%s is 0: an attempt needs some time; give a duration such as 30s", SettingItemTimeout)
+	}
+	if cfg.Retry.FirstDelay > cfg.Retry.MaxDelay {
+		p.fail("%s (%s) is longer than %s (%s)", SettingRetryDelay, cfg.Retry.FirstDelay, SettingRetryMaxDelay, cfg.Retry.MaxDelay)
 	}
 	cfg.Limits.MaxBodyBytes = int64(p.int(SettingMaxBodyBytes, max(DefaultMaxBodyBytes, bodyBytesPerItem*cfg.Limits.MaxWorkItems), 2, 1<<30))
 	if cfg.Work.MinDelay > cfg.Work.MaxDelay {
@@ -345,6 +390,33 @@ func (p *parser) duration(name string, def time.Duration) time.Duration {
 		return def
 	}
 	return d
+}
+
+func (p *parser) float(name string, def, min, max float64) float64 {
+	s := strings.TrimSpace(p.getenv(name))
+	if s == "" {
+		return def
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || !(f >= min && f <= max) {
+		p.fail("%s is %q: it must be a number from %g to %g", name, s, min, max)
+		return def
+	}
+	return f
+}
+
+// pattern reads a regular expression that must match a whole string.
+func (p *parser) pattern(name string) *regexp.Regexp {
+	s := p.getenv(name)
+	if s == "" {
+		return nil
+	}
+	re, err := regexp.Compile(`^(?:` + s + `)$`)
+	if err != nil {
+		p.fail("%s is %q: it must be a regular expression (Go syntax): %v", name, s, err)
+		return nil
+	}
+	return re
 }
 
 func (p *parser) oneOf(name, def string, allowed ...string) string {

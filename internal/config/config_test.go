@@ -85,8 +85,11 @@ func TestLoadDefaults(t *testing.T) {
 	if got, want := cfg.Limits, (Limits{MaxWorkItems: 100_000, MaxItemLength: 256, MaxBodyBytes: 6_400_000, PartitionSize: 1000}); got != want {
 		t.Errorf("Limits: got %+v, want %+v", got, want)
 	}
-	if got, want := cfg.Work, (Work{MinDelay: 500 * time.Millisecond, MaxDelay: 2 * time.Second}); got != want {
+	if got, want := cfg.Work, (Work{MinDelay: 500 * time.Millisecond, MaxDelay: 2 * time.Second, Timeout: 5 * time.Minute}); got != want {
 		t.Errorf("Work: got %+v, want %+v", got, want)
+	}
+	if got, want := cfg.Retry, (Retry{MaxAttempts: 3, FirstDelay: time.Second, Backoff: 2, MaxDelay: time.Minute}); got != want {
+		t.Errorf("Retry: got %+v, want %+v", got, want)
 	}
 
 	hub := cfg.TaskHub
@@ -154,6 +157,13 @@ func TestLoadSettingsOverrideDefaults(t *testing.T) {
 		SettingWorkMinDelay:  "0",
 		SettingWorkMaxDelay:  "10ms",
 		SettingLockTimeout:   "1s",
+		SettingItemTimeout:   "30s",
+		SettingFailItems:     "Item[0-9]|bad.*",
+		SettingFailAttempts:  "2",
+		SettingMaxAttempts:   "5",
+		SettingRetryDelay:    "100ms",
+		SettingRetryBackoff:  "1.5",
+		SettingRetryMaxDelay: "2s",
 	})
 	if got, want := cfg.Port, 0; got != want {
 		t.Errorf("Port: got %v, want %v", got, want)
@@ -167,8 +177,19 @@ func TestLoadSettingsOverrideDefaults(t *testing.T) {
 	if got, want := cfg.Limits, (Limits{MaxWorkItems: 10000, MaxItemLength: 12, MaxBodyBytes: 4096, PartitionSize: 250}); got != want {
 		t.Errorf("Limits: got %+v, want %+v", got, want)
 	}
-	if got, want := cfg.Work, (Work{MinDelay: 0, MaxDelay: 10 * time.Millisecond}); got != want {
+	fail := cfg.Work.FailItems
+	cfg.Work.FailItems = nil
+	if got, want := cfg.Work, (Work{MinDelay: 0, MaxDelay: 10 * time.Millisecond, Timeout: 30 * time.Second, FailAttempts: 2}); got != want {
 		t.Errorf("Work: got %+v, want %+v", got, want)
+	}
+	// The pattern matches whole item names.
+	for item, want := range map[string]bool{"Item7": true, "Item77": false, "bad": true, "a bad": false} {
+		if got := fail != nil && fail.MatchString(item); got != want {
+			t.Errorf("FANOUT_FAIL_ITEMS matching %q: got %v, want %v", item, got, want)
+		}
+	}
+	if got, want := cfg.Retry, (Retry{MaxAttempts: 5, FirstDelay: 100 * time.Millisecond, Backoff: 1.5, MaxDelay: 2 * time.Second}); got != want {
+		t.Errorf("Retry: got %+v, want %+v", got, want)
 	}
 	if got, want := cfg.TaskHub.LockTimeout, time.Second; got != want {
 		t.Errorf("TaskHub.LockTimeout: got %v, want %v", got, want)
@@ -441,6 +462,18 @@ func TestLoadSettingErrors(t *testing.T) {
 			[]string{SettingLockTimeout, "must be longer than"}},
 		{"lock timeout under a second", map[string]string{SettingLockTimeout: "500ms", SettingWorkMinDelay: "0", SettingWorkMaxDelay: "0"},
 			[]string{SettingLockTimeout, "at least 1s"}},
+		{"fail pattern not a regular expression", map[string]string{SettingFailItems: "Item[0-"},
+			[]string{SettingFailItems, `"Item[0-"`, "regular expression"}},
+		{"item timeout zero", map[string]string{SettingItemTimeout: "0"},
+			[]string{SettingItemTimeout, "is 0"}},
+		{"no attempts", map[string]string{SettingMaxAttempts: "0"},
+			[]string{SettingMaxAttempts, `"0"`, "from 1 to 100"}},
+		{"backoff below one", map[string]string{SettingRetryBackoff: "0.5"},
+			[]string{SettingRetryBackoff, `"0.5"`, "from 1 to 10"}},
+		{"backoff not a number", map[string]string{SettingRetryBackoff: "NaN"},
+			[]string{SettingRetryBackoff, `"NaN"`}},
+		{"first retry after the longest", map[string]string{SettingRetryDelay: "2m"},
+			[]string{SettingRetryDelay, SettingRetryMaxDelay, "is longer than"}},
 		{"log format xml", map[string]string{SettingLogFormat: "xml"},
 			[]string{SettingLogFormat, `"xml"`, "json, console"}},
 		{"log level fatal", map[string]string{SettingLogLevel: "fatal"},

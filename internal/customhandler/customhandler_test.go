@@ -64,8 +64,8 @@ func TestLoadFunctionsRepository(t *testing.T) {
 		t.Fatalf("LoadFunctions: %v", err)
 	}
 	want := []Function{
-		{Name: "fan_out_fan_in", Methods: []string{"POST"}, Route: "fan_out_fan_in", Trigger: "req", Output: "res"},
-		{Name: "status", Methods: []string{"GET"}, Route: "status/{instanceId}", Params: []string{"instanceId"}, Trigger: "req", Output: "res"},
+		{Name: "fan_out_fan_in", Methods: []string{"POST"}, Route: "fan_out_fan_in", Required: 1, Trigger: "req", Output: "res"},
+		{Name: "status", Methods: []string{"GET", "POST", "DELETE"}, Route: "status/{instanceId}/{action?}", Params: []string{"instanceId", "action"}, Required: 2, Trigger: "req", Output: "res"},
 	}
 	if got, want := len(fns), len(want); got != want {
 		t.Fatalf("number of functions: got %d (%+v), want %d", got, fns, want)
@@ -78,8 +78,28 @@ func TestLoadFunctionsRepository(t *testing.T) {
 func assertFunction(t *testing.T, got, want Function) {
 	t.Helper()
 	if got.Name != want.Name || !slices.Equal(got.Methods, want.Methods) || got.Route != want.Route ||
-		!slices.Equal(got.Params, want.Params) || got.Trigger != want.Trigger || got.Output != want.Output {
+		!slices.Equal(got.Params, want.Params) || got.Required != want.Required || got.Trigger != want.Trigger || got.Output != want.Output {
 		t.Errorf("function: got %+v, want %+v", got, want)
+	}
+}
+
+// A route ending in optional parameters is served with and without them,
+// and its paths leave out those without a value.
+func TestOptionalRouteParameters(t *testing.T) {
+	fn := Function{Route: "status/{instanceId}/{action?}", Required: 2}
+	if got, want := fn.Templates(), []string{"status/{instanceId}/{action}", "status/{instanceId}"}; !slices.Equal(got, want) {
+		t.Errorf("Templates: got %q, want %q", got, want)
+	}
+	for _, tc := range []struct {
+		vars map[string]string
+		want string
+	}{
+		{map[string]string{"instanceId": "a b"}, "/api/status/a%20b"},
+		{map[string]string{"instanceId": "x", "action": "terminate"}, "/api/status/x/terminate"},
+	} {
+		if got := fn.Path("api", tc.vars); got != tc.want {
+			t.Errorf("Path(%v): got %q, want %q", tc.vars, got, tc.want)
+		}
 	}
 }
 
@@ -97,8 +117,8 @@ func TestLoadFunctionsDefaults(t *testing.T) {
 	if got, want := len(fns), 2; got != want {
 		t.Fatalf("number of functions: got %d (%+v), want %d", got, fns, want)
 	}
-	assertFunction(t, fns[0], Function{Name: "alpha", Methods: []string{"GET", "POST"}, Route: "items/{id}/parts/{part}", Params: []string{"id", "part"}, Trigger: "req", Output: "res"})
-	assertFunction(t, fns[1], Function{Name: "zeta", Route: "zeta", Trigger: "req", Output: "res"})
+	assertFunction(t, fns[0], Function{Name: "alpha", Methods: []string{"GET", "POST"}, Route: "items/{id}/parts/{part}", Params: []string{"id", "part"}, Required: 4, Trigger: "req", Output: "res"})
+	assertFunction(t, fns[1], Function{Name: "zeta", Route: "zeta", Required: 1, Trigger: "req", Output: "res"})
 	if !fns[1].Allows("DELETE") {
 		t.Errorf("a function without methods must allow every method; DELETE refused")
 	}
@@ -145,9 +165,9 @@ func TestLoadFunctionsErrors(t *testing.T) {
 			want:         []string{`"{*rest}"`, "not supported"},
 		},
 		{
-			name:         "optional parameter",
-			functionJSON: httpFunctionJSON(`["get"]`, "items/{id?}"),
-			want:         []string{`"{id?}"`, "not supported"},
+			name:         "optional parameter before a required one",
+			functionJSON: httpFunctionJSON(`["get"]`, "items/{id?}/{part}"),
+			want:         []string{`"items/{id?}/{part}"`, "only the last segments can be optional"},
 		},
 		{
 			name:         "parameter inside a segment",

@@ -22,8 +22,11 @@ import (
 type Function struct {
 	Name    string   // the function's folder name
 	Methods []string // upper case; empty allows every method
-	Route   string   // route template without the prefix, e.g. "status/{instanceId}"
-	Params  []string // the route's {parameters}, in order
+	Route   string   // route template without the prefix, e.g. "status/{instanceId}/{action?}"
+	Params  []string // the route's {parameters}, in order, without "?"
+	// Required is how many of the route's segments come before its
+	// optional {name?} parameters, which can only end it.
+	Required int
 	Trigger string   // name of the httpTrigger binding: the key under Data in payload mode
 	Output  string   // name of the http output binding: the key under Outputs
 }
@@ -34,12 +37,33 @@ func (f Function) Allows(method string) bool {
 }
 
 // Path returns the function's URL path under prefix, with each route
-// parameter replaced by its value in vars.
+// parameter replaced by its value in vars; optional ones without a value
+// are left out.
 func (f Function) Path(prefix string, vars map[string]string) string {
-	path := routeParam.ReplaceAllStringFunc(f.Route, func(p string) string {
-		return url.PathEscape(vars[strings.Trim(p, "{}")])
-	})
-	return joinPath(prefix, path)
+	var segs []string
+	for i, seg := range strings.Split(f.Route, "/") {
+		if routeParam.MatchString(seg) {
+			v := vars[strings.Trim(seg, "{?}")]
+			if v == "" && i >= f.Required {
+				break
+			}
+			seg = url.PathEscape(v)
+		}
+		segs = append(segs, seg)
+	}
+	return joinPath(prefix, strings.Join(segs, "/"))
+}
+
+// Templates returns the function's route as templates for the router,
+// without the "?": the whole route, and without each optional parameter
+// from the last.
+func (f Function) Templates() []string {
+	segs := strings.Split(strings.ReplaceAll(f.Route, "?}", "}"), "/")
+	var ts []string
+	for n := len(segs); n >= f.Required; n-- {
+		ts = append(ts, strings.Join(segs[:n], "/"))
+	}
+	return ts
 }
 
 func joinPath(prefix, route string) string {
@@ -51,7 +75,7 @@ func joinPath(prefix, route string) string {
 
 var (
 	routeParam   = regexp.MustCompile(`\{[^}]*\}`)
-	paramName    = regexp.MustCompile(`^\{[A-Za-z_][A-Za-z0-9_]*\}$`)
+	paramName    = regexp.MustCompile(`^\{[A-Za-z_][A-Za-z0-9_]*\??\}$`)
 	routeLiteral = regexp.MustCompile(`^[A-Za-z0-9._~!$&'()*+,;=:@-]+$`)
 	httpMethods  = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"}
 )
@@ -133,13 +157,22 @@ func loadFunction(path string) (Function, error) {
 	if fn.Route == "" {
 		return Function{}, fmt.Errorf("%s: the route is empty", where)
 	}
+	optional := false
 	for _, seg := range strings.Split(fn.Route, "/") {
 		switch {
 		case paramName.MatchString(seg):
-			fn.Params = append(fn.Params, strings.Trim(seg, "{}"))
+			fn.Params = append(fn.Params, strings.Trim(seg, "{?}"))
 		case routeLiteral.MatchString(seg):
 		default:
-			return Function{}, fmt.Errorf("%s: route %q: segment %q is not supported; use literal segments and whole-segment {name} parameters", where, fn.Route, seg)
+			return Function{}, fmt.Errorf("%s: route %q: segment %q is not supported; use literal segments and whole-segment {name} or {name?} parameters", where, fn.Route, seg)
+		}
+		switch {
+		case strings.HasSuffix(seg, "?}"):
+			optional = true
+		case optional:
+			return Function{}, fmt.Errorf("%s: route %q: only the last segments can be optional {name?} parameters", where, fn.Route)
+		default:
+			fn.Required++
 		}
 	}
 	return fn, nil

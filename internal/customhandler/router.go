@@ -77,7 +77,9 @@ func NewRouter(fns []Function, handlers []Handler, opts Options) (http.Handler, 
 	for _, fn := range fns {
 		h := allowMethods(fn, handlerFor[fn.Name])
 		// Forwarding mode, and direct calls when running standalone.
-		r.Path(joinPath(opts.RoutePrefix, fn.Route)).Handler(withLogger(opts.Log, fn.Name, h))
+		for _, t := range fn.Templates() {
+			r.Path(joinPath(opts.RoutePrefix, t)).Handler(withLogger(opts.Log, fn.Name, h))
+		}
 		r.Methods(http.MethodPost).Path("/" + fn.Name).Handler(payload(fn, h, opts))
 	}
 	r.NotFoundHandler = withLogger(opts.Log, "", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

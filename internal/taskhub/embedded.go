@@ -144,7 +144,7 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 			return errors.Join(handedBack, fmt.Errorf("closing the hub file: %w", ctx.Err()))
 		}
 	}
-	return &Hub{Client: embeddedClient{backend.NewTaskHubClient(be)}, close: closeHub}, nil
+	return &Hub{Client: embeddedClient{c: backend.NewTaskHubClient(be), be: be}, close: closeHub}, nil
 }
 
 // createTaskHub creates the schema. The SQLite backend panics, rather than
@@ -163,7 +163,10 @@ func createTaskHub(ctx context.Context, be backend.Backend) (err error) {
 
 // embeddedClient fits the in-process client to Client. It always returns
 // payloads, so the fetch options have nothing to change.
-type embeddedClient struct{ c backend.TaskHubClient }
+type embeddedClient struct {
+	c  backend.TaskHubClient
+	be backend.Backend
+}
 
 func (e embeddedClient) ScheduleNewOrchestration(ctx context.Context, orchestrator string, opts ...api.NewOrchestrationOptions) (api.InstanceID, error) {
 	return e.c.ScheduleNewOrchestration(ctx, orchestrator, opts...)

@@ -14,11 +14,21 @@ import (
 )
 
 // Client is what the HTTP functions need of a task hub, whichever backend
-// serves it. Its method set is that of durabletask-go's gRPC client.
+// serves it. Its methods are those of durabletask-go's gRPC client, but for
+// PurgeInstance.
 type Client interface {
 	ScheduleNewOrchestration(ctx context.Context, orchestrator string, opts ...api.NewOrchestrationOptions) (api.InstanceID, error)
 	FetchOrchestrationMetadata(ctx context.Context, id api.InstanceID, opts ...api.FetchOrchestrationMetadataOptions) (*api.OrchestrationMetadata, error)
 	RaiseEvent(ctx context.Context, id api.InstanceID, eventName string, opts ...api.RaiseEventOptions) error
+	// TerminateOrchestration ends the instance and every orchestration it
+	// started, as Terminated.
+	TerminateOrchestration(ctx context.Context, id api.InstanceID, opts ...api.TerminateOptions) error
+	SuspendOrchestration(ctx context.Context, id api.InstanceID, reason string) error
+	ResumeOrchestration(ctx context.Context, id api.InstanceID, reason string) error
+	// PurgeInstance deletes a finished instance and every orchestration it
+	// started, returning how many were deleted: api.ErrInstanceNotFound if
+	// there is no such instance, ErrStillRunning if one has not finished.
+	PurgeInstance(ctx context.Context, id api.InstanceID) (int, error)
 }
 
 // Hub is an open task hub: a client, and a worker running in this process.

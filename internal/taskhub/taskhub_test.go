@@ -37,7 +37,7 @@ func hubConfig(file string) config.TaskHub {
 func registry(t testing.TB) *task.TaskRegistry {
 	t.Helper()
 	r := task.NewTaskRegistry()
-	if err := functions.Register(r, 0, 0, zerolog.Nop()); err != nil {
+	if err := functions.Register(r, config.Work{Timeout: time.Minute}, zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
 	return r
