@@ -27,8 +27,8 @@ type Function struct {
 	// Required is how many of the route's segments come before its
 	// optional {name?} parameters, which can only end it.
 	Required int
-	Trigger string   // name of the httpTrigger binding: the key under Data in payload mode
-	Output  string   // name of the http output binding: the key under Outputs
+	Trigger  string // name of the httpTrigger binding: the key under Data in payload mode
+	Output   string // name of the http output binding: the key under Outputs
 }
 
 // Allows reports whether the function accepts method.
