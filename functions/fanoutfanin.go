@@ -161,11 +161,29 @@ func PartitionID(id string, k int) string { return id + ":p" + strconv.Itoa(k) }
 // process_work_item behaves.
 func Register(r *task.TaskRegistry, work config.Work, log zerolog.Logger) error {
 	return errors.Join(
-		r.AddOrchestratorN(OrchestratorName, Orchestrator(log)),
-		r.AddOrchestratorN(PartitionName, Partition),
+		r.AddOrchestratorN(OrchestratorName, failOnPanic(Orchestrator(log))),
+		r.AddOrchestratorN(PartitionName, failOnPanic(Partition)),
 		r.AddActivityN(ProcessWorkItemName, ProcessWorkItem(work)),
 		r.AddActivityN(AggregateResultsName, AggregateResults),
 	)
+}
+
+// failOnPanic makes a panic in orchestrator o, such as v0.6.0's on a
+// history it cannot replay, fail the instance with a message saying so:
+// v0.6.0 passes such panics on, which would stop the worker and leave the
+// instance Running. task.ErrTaskBlocked is how a step normally ends.
+func failOnPanic(o task.Orchestrator) task.Orchestrator {
+	return func(ctx *task.OrchestrationContext) (out any, err error) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == task.ErrTaskBlocked {
+					panic(p)
+				}
+				out, err = nil, fmt.Errorf("the orchestrator failed: %v", p)
+			}
+		}()
+		return o(ctx)
+	}
 }
 
 // items is a fan-out's work items: listed, or generated.
@@ -377,7 +395,6 @@ func fanOut(ctx *task.OrchestrationContext, work items, window int, retry RetryP
 		}
 		in.Results = append(in.Results, r)
 	}
-	setProgress(ctx, n, n) // slide's last report may predate retries
 	var summary Summary
 	if err := ctx.CallActivity(AggregateResultsName, task.WithActivityInput(in)).Await(&summary); err != nil {
 		return Summary{}, fmt.Errorf("aggregating the results failed: %w", err)
@@ -458,14 +475,16 @@ func fanOutPartitions(ctx *task.OrchestrationContext, work items, size int, plan
 // slide starts n tasks with start(i, slot), at most window at once (0 or
 // n and more: all at once). The next task starts as soon as the earliest
 // running one finishes, on its slot. Before waiting it tells progress which
-// tasks have finished. It returns every task, in order, once all have been
-// started; the caller awaits them.
+// tasks have finished. It returns every task, in order, once all have
+// finished; the caller reads their outcomes.
 //
 // Why the earliest: v0.6.0 has no "when any", and a replay must start each
 // task at the same point of the history as the first run did. Awaiting the
 // earliest task consumes the history exactly up to its end, after which the
-// first run started the next one; asking a later task first could read past
-// where the next one was started, which v0.6.0 rejects as nondeterminism.
+// first run started the next one (or retried it); asking a later task first
+// could read past where the next one was started, which v0.6.0 rejects as
+// nondeterminism. So slide waits for every task in order, and asks about the
+// others (report) only when the next thing it does is block, ending the step.
 func slide(ctx *task.OrchestrationContext, n, window int, start func(i, slot int) task.Task, progress func(done []bool)) []task.Task {
 	if window <= 0 || window > n {
 		window = n
@@ -474,14 +493,16 @@ func slide(ctx *task.OrchestrationContext, n, window int, start func(i, slot int
 	for i := range window {
 		tasks[i] = start(i, i)
 	}
-	for i := 0; i+window < n; i++ {
+	for i := range n {
 		if !finished(tasks[i]) {
-			report(tasks, i, i+window, progress)
+			report(tasks, i, min(n, i+window), progress)
 			tasks[i].Await(nil) // blocks: ends this step until it finishes
 		}
-		tasks[i+window] = start(i+window, i%window)
+		if i+window < n {
+			tasks[i+window] = start(i+window, i%window)
+		}
 	}
-	report(tasks, n-window, n, progress)
+	report(tasks, n, n, progress)
 	return tasks
 }
 

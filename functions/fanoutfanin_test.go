@@ -731,3 +731,29 @@ func TestInvalidPlanFailsTheInstance(t *testing.T) {
 		t.Errorf("after the bad plans, a good one processed %d items", s.TotalItemsProcessed)
 	}
 }
+
+// An orchestrator that panics, as v0.6.0 does on a history it cannot
+// replay, fails its instance with a message saying why: it is never left
+// Running, and the worker carries on.
+func TestPanickingOrchestratorFailsTheInstance(t *testing.T) {
+	r := registryWith(scored)
+	r.AddOrchestratorN("panics", functions.FailOnPanic(func(ctx *task.OrchestrationContext) (any, error) {
+		if err := ctx.CallActivity(functions.ProcessWorkItemName, task.WithActivityInput("a")).Await(nil); err != nil {
+			return nil, err
+		}
+		panic("the history cannot be replayed")
+	}))
+	hub := openHub(t, r)
+	id, err := hub.ScheduleNewOrchestration(context.Background(), "panics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := waitFor(t, hub, id, complete)
+	if md.RuntimeStatus != api.RUNTIME_STATUS_FAILED || !strings.Contains(md.FailureDetails.GetErrorMessage(), "the orchestrator failed: the history cannot be replayed") {
+		t.Errorf("got %v %v, want Failed saying why", md.RuntimeStatus, md.FailureDetails)
+	}
+	// The worker goes on with other instances.
+	if _, s := runPlan(t, hub, functions.Plan{Items: []string{"b"}}); s.TotalItemsProcessed != 1 {
+		t.Errorf("summary after the panic: %+v", s)
+	}
+}

@@ -20,6 +20,18 @@ type hubExecutor struct {
 	work context.Context
 }
 
+// ExecuteOrchestrator turns a panic that escapes the orchestrator into an
+// error, which hands the work item back instead of stopping the process.
+func (x hubExecutor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, old, new []*backend.HistoryEvent) (res *backend.ExecutionResults, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			x.log.Error().Str("instanceId", string(id)).Msgf("orchestrator panicked: %v", p)
+			res, err = nil, fmt.Errorf("orchestrator panicked: %v", p)
+		}
+	}()
+	return x.Executor.ExecuteOrchestrator(ctx, id, old, new)
+}
+
 func (x hubExecutor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) (*backend.HistoryEvent, error) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
