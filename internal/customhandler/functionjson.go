@@ -41,10 +41,10 @@ func (f Function) Allows(method string) bool {
 // are left out.
 func (f Function) Path(prefix string, vars map[string]string) string {
 	var segs []string
-	for i, seg := range strings.Split(f.Route, "/") {
+	for _, seg := range strings.Split(f.Route, "/") {
 		if routeParam.MatchString(seg) {
 			v := vars[strings.Trim(seg, "{?}")]
-			if v == "" && i >= f.Required {
+			if v == "" && strings.HasSuffix(seg, "?}") {
 				break
 			}
 			seg = url.PathEscape(v)
@@ -58,9 +58,14 @@ func (f Function) Path(prefix string, vars map[string]string) string {
 // without the "?": the whole route, and without each optional parameter
 // from the last.
 func (f Function) Templates() []string {
-	segs := strings.Split(strings.ReplaceAll(f.Route, "?}", "}"), "/")
+	segs := strings.Split(f.Route, "/")
+	required := len(segs)
+	for required > 0 && strings.HasSuffix(segs[required-1], "?}") {
+		required--
+	}
+	segs = strings.Split(strings.ReplaceAll(f.Route, "?}", "}"), "/")
 	var ts []string
-	for n := len(segs); n >= f.Required; n-- {
+	for n := len(segs); n >= required; n-- {
 		ts = append(ts, strings.Join(segs[:n], "/"))
 	}
 	return ts
