@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"runtime/debug"
 	"strconv"
 	"time"
@@ -23,17 +24,19 @@ import (
 	"fanoutfanin/internal/taskhub"
 )
 
-// shutdownGrace is how long in-flight requests and work items get to finish
-// when the handler is asked to stop.
-const shutdownGrace = 10 * time.Second
+// ErrStoppedAtOnce is Run's error when a second signal cut the graceful stop
+// short.
+var ErrStoppedAtOnce = errors.New("stopped at once by a second signal")
 
 // gcPercent is the garbage collector's target unless GOGC says otherwise;
 // see BENCHMARKS.md.
 const gcPercent = 400
 
-// Run runs the handler until ctx ends: it reads the configuration through
-// getenv, opens the task hub, and serves the functions on the configured port.
-func Run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+// Run runs the handler: it reads the configuration through getenv, opens the
+// task hub, and serves the functions on the configured port until a signal
+// arrives on stop. It then stops within the shutdown grace period (see
+// shutdown); a second signal makes it return ErrStoppedAtOnce at once.
+func Run(stop <-chan os.Signal, args []string, getenv func(string) string, stdout io.Writer) error {
 	cfg, err := config.Load(args, getenv)
 	if err != nil {
 		return err
@@ -56,18 +59,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	defer ln.Close()
 	port := ln.Addr().(*net.TCPAddr).Port
 
+	ctx := context.Background()
 	a, err := Open(ctx, cfg, log, logOut)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
-		defer cancel()
-		if err := a.Close(closeCtx); err != nil {
-			log.Warn().Err(err).Msg("closing the task hub")
-		}
-	}()
-
 	srv := &http.Server{Handler: a.Handler, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -75,16 +71,47 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 	select {
 	case err := <-served:
-		return err
-	case <-ctx.Done():
+		closeCtx, cancel := context.WithTimeout(ctx, cfg.ShutdownGrace)
+		defer cancel()
+		return errors.Join(err, a.Close(closeCtx))
+	case sig := <-stop:
+		log.Info().Str("signal", sig.String()).Str("gracePeriod", cfg.ShutdownGrace.String()).
+			Msg("shutting down: finishing the work in flight (a second signal stops at once)")
 	}
-	log.Info().Msg("shutting down")
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		shutdown(srv, a, cfg.ShutdownGrace, log)
+	}()
+	select {
+	case <-stopped:
+		log.Info().Msg("stopped")
+		return nil
+	case sig := <-stop:
+		// Nothing is handed back: the process ends now, and its work runs
+		// again once its locks expire (the scheduler's: once its stream
+		// closes).
+		log.Warn().Str("signal", sig.String()).Msg("second signal: stopping at once; work in flight is not handed back")
+		return ErrStoppedAtOnce
+	}
+}
+
+// shutdown stops srv taking calls, lets the calls and the work in flight
+// finish, then hands back what is left, all within grace. Calls have three
+// quarters of it at most, so that a call that hangs leaves the task hub time
+// to hand its work back.
+func shutdown(srv *http.Server, a *App, grace time.Duration, log zerolog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("shutting down the server: %w", err)
+	calls, cancelCalls := context.WithTimeout(ctx, grace*3/4)
+	defer cancelCalls()
+	if err := srv.Shutdown(calls); err != nil {
+		log.Warn().Err(err).Msg("calls still running in the shutdown grace period were cut off")
+		srv.Close()
 	}
-	return nil
+	if err := a.Close(ctx); err != nil {
+		log.Warn().Err(err).Msg("closing the task hub")
+	}
 }
 
 // App is the handler's HTTP surface over an open task hub.

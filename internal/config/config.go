@@ -30,6 +30,10 @@ type Config struct {
 	Work        Work
 	Retry       Retry
 	TaskHub     TaskHub
+
+	// ShutdownGrace is all the time a stop signal leaves the handler: to
+	// finish the calls and the work in flight, then hand back the rest.
+	ShutdownGrace time.Duration
 }
 
 // Limits bound what one start request may ask for, and how its work is
@@ -110,6 +114,7 @@ const (
 	SettingRetryMaxDelay = "FANOUT_ITEM_RETRY_MAX_DELAY"
 	SettingEmbeddedDir   = "FANOUT_EMBEDDED_DIR"
 	SettingLockTimeout   = "FANOUT_EMBEDDED_LOCK_TIMEOUT"
+	SettingShutdownGrace = "FANOUT_SHUTDOWN_GRACE"
 )
 
 // Defaults, where neither host.json nor an app setting says otherwise.
@@ -130,6 +135,12 @@ const (
 	DefaultRetryBackoff      = 2.0
 	DefaultRetryMaxDelay     = time.Minute
 	MaxAttempts              = 100
+
+	// DefaultShutdownGrace lets the default simulated work (2 s at most)
+	// finish with room to spare.
+	DefaultShutdownGrace = 10 * time.Second
+	// MinShutdownGrace leaves time to hand back the work still running.
+	MinShutdownGrace = time.Second
 
 	DefaultMaxWorkItems = 100_000
 	MaxWorkItems        = 1_000_000
@@ -220,6 +231,10 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		p.fail("%s (%s) is longer than %s (%s)", SettingRetryDelay, cfg.Retry.FirstDelay, SettingRetryMaxDelay, cfg.Retry.MaxDelay)
 	}
 	cfg.Limits.MaxBodyBytes = int64(p.int(SettingMaxBodyBytes, max(DefaultMaxBodyBytes, bodyBytesPerItem*cfg.Limits.MaxWorkItems), 2, 1<<30))
+	cfg.ShutdownGrace = p.duration(SettingShutdownGrace, DefaultShutdownGrace)
+	if cfg.ShutdownGrace < MinShutdownGrace {
+		p.fail("%s is %s: it must be at least %s", SettingShutdownGrace, cfg.ShutdownGrace, MinShutdownGrace)
+	}
 	if cfg.Work.MinDelay > cfg.Work.MaxDelay {
 		p.fail("%s (%s) is longer than %s (%s)", SettingWorkMinDelay, cfg.Work.MinDelay, SettingWorkMaxDelay, cfg.Work.MaxDelay)
 	}

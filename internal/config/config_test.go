@@ -88,6 +88,9 @@ func TestLoadDefaults(t *testing.T) {
 	if got, want := cfg.Work, (Work{MinDelay: 500 * time.Millisecond, MaxDelay: 2 * time.Second, Timeout: 5 * time.Minute}); got != want {
 		t.Errorf("Work: got %+v, want %+v", got, want)
 	}
+	if got, want := cfg.ShutdownGrace, 10*time.Second; got != want {
+		t.Errorf("ShutdownGrace: got %v, want %v", got, want)
+	}
 	if got, want := cfg.Retry, (Retry{MaxAttempts: 3, FirstDelay: time.Second, Backoff: 2, MaxDelay: time.Minute}); got != want {
 		t.Errorf("Retry: got %+v, want %+v", got, want)
 	}
@@ -157,6 +160,7 @@ func TestLoadSettingsOverrideDefaults(t *testing.T) {
 		SettingWorkMinDelay:  "0",
 		SettingWorkMaxDelay:  "10ms",
 		SettingLockTimeout:   "1s",
+		SettingShutdownGrace: "2500ms",
 		SettingItemTimeout:   "30s",
 		SettingFailItems:     "Item[0-9]|bad.*",
 		SettingFailAttempts:  "2",
@@ -193,6 +197,9 @@ func TestLoadSettingsOverrideDefaults(t *testing.T) {
 	}
 	if got, want := cfg.TaskHub.LockTimeout, time.Second; got != want {
 		t.Errorf("TaskHub.LockTimeout: got %v, want %v", got, want)
+	}
+	if got, want := cfg.ShutdownGrace, 2500*time.Millisecond; got != want {
+		t.Errorf("ShutdownGrace: got %v, want %v", got, want)
 	}
 }
 
@@ -462,6 +469,10 @@ func TestLoadSettingErrors(t *testing.T) {
 			[]string{SettingLockTimeout, "must be longer than"}},
 		{"lock timeout under a second", map[string]string{SettingLockTimeout: "500ms", SettingWorkMinDelay: "0", SettingWorkMaxDelay: "0"},
 			[]string{SettingLockTimeout, "at least 1s"}},
+		{"shutdown grace under a second", map[string]string{SettingShutdownGrace: "500ms"},
+			[]string{SettingShutdownGrace, "500ms", "at least 1s"}},
+		{"shutdown grace not a duration", map[string]string{SettingShutdownGrace: "10"},
+			[]string{SettingShutdownGrace, `"10"`, "duration"}},
 		{"fail pattern not a regular expression", map[string]string{SettingFailItems: "Item[0-"},
 			[]string{SettingFailItems, `"Item[0-"`, "regular expression"}},
 		{"item timeout zero", map[string]string{SettingItemTimeout: "0"},
