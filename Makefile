@@ -3,7 +3,7 @@ GO     ?= go
 PORT   ?= 7071
 SOURCES = $(shell find . -name '*.go' -not -path './dist/*') go.mod go.sum
 
-.PHONY: build run test bench package clean
+.PHONY: build run lint test fuzz bench package clean
 
 ## build: the handler binary host.json names
 build: handler
@@ -20,14 +20,27 @@ run: handler
 	@echo
 	FUNCTIONS_CUSTOMHANDLER_PORT=$(PORT) FANOUT_LOG_FORMAT=console DURABLE_TASK_SCHEDULER_CONNECTION_STRING= ./handler
 
-## test: vet, formatting, every test (end-to-end included) with the race detector,
-## and the large fan-out, which the race detector slows too much, without it
-test:
+## lint: go vet, formatting, and staticcheck at the version go.mod's tool directive pins
+lint:
 	$(GO) vet ./...
 	@unformatted=$$(gofmt -l $$(find . -name '*.go' -not -path './dist/*')); \
 		if [ -n "$$unformatted" ]; then echo "gofmt needed on: $$unformatted"; exit 1; fi
+	$(GO) tool staticcheck ./...
+
+## test: lint, every test (end-to-end included) with the race detector, the large
+## fan-out, which the race detector slows too much, without it, then the fuzzers briefly
+test: lint
 	$(GO) test -race -count=1 ./...
 	$(GO) test -count=1 -run 'TestTwentyThousandItems' ./functions/
+	$(MAKE) --no-print-directory fuzz
+
+## fuzz: each fuzz target for FUZZTIME (5s); go test takes one -fuzz target per run.
+## Failing inputs are saved under the package's testdata/fuzz, to replay with go test
+FUZZTIME ?= 5s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseScheduler$$' -fuzztime=$(FUZZTIME) ./internal/config/
+	$(GO) test -run '^$$' -fuzz '^FuzzInvocationPayload$$' -fuzztime=$(FUZZTIME) ./internal/customhandler/
+	$(GO) test -run '^$$' -fuzz '^FuzzReadStartRequest$$' -fuzztime=$(FUZZTIME) ./functions/
 
 ## bench: builds the handler and measures it end to end (internal/bench); the results, with the
 ## machine, go to BENCHMARKS.md. Takes some minutes. BENCHFLAGS=-million adds 1,000,000 items;
