@@ -140,7 +140,7 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 			}
 			return errors.Join(handedBack, r.err)
 		case <-ctx.Done():
-			// SQLite's wait for a lock another process holds does not heed ctx.
+			// SQLite's wait for a lock another process holds may outlast ctx.
 			return errors.Join(handedBack, fmt.Errorf("closing the hub file: %w", ctx.Err()))
 		}
 	}
