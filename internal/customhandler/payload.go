@@ -95,7 +95,8 @@ func readInvocation(w http.ResponseWriter, r *http.Request, fn Function, limit i
 		return nil, httpjson.Errorf(http.StatusBadRequest, "invocation payload's Data.%s is not an HTTP request: %v", fn.Trigger, err)
 	}
 	u, err := url.Parse(d.URL)
-	if err != nil || !u.IsAbs() || u.Host == "" {
+	// Hostname, not Host: "http://:80/" has a host, ":80", but no name in it.
+	if err != nil || !u.IsAbs() || u.Hostname() == "" {
 		return nil, httpjson.Errorf(http.StatusBadRequest, "invocation payload's Data.%s.Url %q is not an absolute URL", fn.Trigger, d.URL)
 	}
 	if d.Method == "" || strings.ContainsAny(d.Method, " \t\r\n") {
