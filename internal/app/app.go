@@ -158,6 +158,7 @@ func Open(ctx context.Context, cfg config.Config, log zerolog.Logger, logOut io.
 		LogWriter:   logOut,
 		// The body travels as a JSON string, where escaping can grow it sixfold.
 		MaxPayloadBytes: 6*cfg.Limits.MaxBodyBytes + 64<<10,
+		MaxBodyBytes:    cfg.Limits.MaxBodyBytes,
 	})
 	if err != nil {
 		hub.Close(ctx)

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"io"
+	"maps"
 	"mime"
 	"net/http"
 	"net/http/httptest"
@@ -240,6 +242,46 @@ func TestFunctionPath(t *testing.T) {
 	}
 }
 
+func TestFunctionMatch(t *testing.T) {
+	status := Function{Name: "status", Route: "status/{instanceId}", Params: []string{"instanceId"}}
+	start := Function{Name: "start", Route: "start"}
+	for _, tc := range []struct {
+		name   string
+		fn     Function
+		prefix string
+		path   string
+		want   map[string]string // nil: no match
+	}{
+		{"exact", start, "api", "/api/start", map[string]string{}},
+		{"route in another case", start, "api", "/api/Start", map[string]string{}},
+		{"prefix in another case", start, "api", "/API/start", map[string]string{}},
+		{"trailing slash", start, "api", "/api/start/", map[string]string{}},
+		{"all at once", start, "api", "/Api/START/", map[string]string{}},
+		{"two-segment prefix", start, "x/v1", "/X/V1/Start", map[string]string{}},
+		{"empty prefix", start, "", "/START/", map[string]string{}},
+		{"parameter keeps its case", status, "api", "/api/Status/AbC-123", map[string]string{"instanceId": "AbC-123"}},
+		{"parameter, trailing slash", status, "api", "/API/STATUS/AbC-123/", map[string]string{"instanceId": "AbC-123"}},
+		{"two trailing slashes", start, "api", "/api/start//", nil},
+		{"extra segment", start, "api", "/api/start/x", nil},
+		{"missing parameter", status, "api", "/api/status/", nil},
+		{"empty parameter", status, "api", "/api/status//", nil},
+		{"no prefix", start, "api", "/start", nil},
+		{"other prefix", start, "api", "/apix/start", nil},
+		{"root", start, "", "/", nil},
+		{"longer literal", start, "api", "/api/started", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vars, ok := tc.fn.match(tc.prefix, tc.path)
+			if got, want := ok, tc.want != nil; got != want {
+				t.Fatalf("match(%q, %q): matched %v, want %v", tc.prefix, tc.path, got, want)
+			}
+			if ok && !maps.Equal(vars, tc.want) {
+				t.Errorf("match(%q, %q): vars %v, want %v", tc.prefix, tc.path, vars, tc.want)
+			}
+		})
+	}
+}
+
 // --- NewRouter ---------------------------------------------------------------
 
 func okHandler() http.Handler {
@@ -292,6 +334,23 @@ func TestNewRouterMismatches(t *testing.T) {
 			handlers: []Handler{{Name: "start", Handler: okHandler()}},
 			prefix:   "",
 			want:     []string{"start", "empty route prefix", "payload-mode path"},
+		},
+		{
+			name:     "empty prefix and the name in another case",
+			fns:      []Function{{Name: "start", Methods: []string{"POST"}, Route: "Start", Trigger: "req", Output: "res"}},
+			handlers: []Handler{{Name: "start", Handler: okHandler()}},
+			prefix:   "",
+			want:     []string{"start", `"Start"`, "empty route prefix", "payload-mode path"},
+		},
+		{
+			name: "empty prefix and a route matching another's payload path",
+			fns: []Function{
+				{Name: "start", Methods: []string{"POST"}, Route: "begin", Trigger: "req", Output: "res"},
+				{Name: "status", Methods: []string{"GET"}, Route: "{instanceId}", Params: []string{"instanceId"}, Trigger: "req", Output: "res"},
+			},
+			handlers: []Handler{{Name: "start", Handler: okHandler()}, {Name: "status", RouteParams: []string{"instanceId"}, Handler: okHandler()}},
+			prefix:   "",
+			want:     []string{"status", `"{instanceId}"`, "/start, the payload-mode path of start"},
 		},
 		{
 			name:     "empty prefix and another route",
@@ -410,17 +469,35 @@ func rejectHandler() http.Handler {
 	})
 }
 
-const testMaxPayloadBytes = 4 << 10
+// limitedHandler reads the body as the app's functions do, at most
+// testMaxBodyBytes of it, and answers 200 with its length.
+func limitedHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := httpjson.ReadBody(w, r, testMaxBodyBytes, "request body")
+		if err != nil {
+			httpjson.RenderError(w, r, err)
+			return
+		}
+		httpjson.Write(w, http.StatusOK, map[string]int{"length": len(body)})
+	})
+}
+
+const (
+	testMaxPayloadBytes = 4 << 10
+	testMaxBodyBytes    = 256
+)
 
 // testServer serves, with prefix "api": start (POST start, echo), status
-// (GET status/{instanceId}, echo) and reject (POST reject, always 400). It
-// returns the server's URL and the buffer the router's logger writes to.
+// (GET status/{instanceId}, echo), reject (POST reject, always 400) and
+// limited (POST limited, a body of at most testMaxBodyBytes). It returns the
+// server's URL and the buffer the router's logger writes to.
 func testServer(t *testing.T) (string, *syncBuffer) {
 	t.Helper()
 	root := t.TempDir()
 	writeFunction(t, root, "start", httpFunctionJSON(`["post"]`, "start"))
 	writeFunction(t, root, "status", httpFunctionJSON(`["get"]`, "status/{instanceId}"))
 	writeFunction(t, root, "reject", httpFunctionJSON(`["post"]`, "reject"))
+	writeFunction(t, root, "limited", httpFunctionJSON(`["post"]`, "limited"))
 	fns, err := LoadFunctions(root)
 	if err != nil {
 		t.Fatalf("LoadFunctions: %v", err)
@@ -430,11 +507,13 @@ func testServer(t *testing.T) (string, *syncBuffer) {
 		{Name: "start", Handler: echoHandler()},
 		{Name: "status", RouteParams: []string{"instanceId"}, Handler: echoHandler()},
 		{Name: "reject", Handler: rejectHandler()},
+		{Name: "limited", Handler: limitedHandler()},
 	}, Options{
 		RoutePrefix:     "api",
 		Log:             zerolog.New(logs).Level(zerolog.InfoLevel),
 		LogWriter:       logs,
 		MaxPayloadBytes: testMaxPayloadBytes,
+		MaxBodyBytes:    testMaxBodyBytes,
 	})
 	if err != nil {
 		t.Fatalf("NewRouter: %v", err)
@@ -610,6 +689,113 @@ func TestForwardingMode(t *testing.T) {
 			wantErrorResponse(t, res, http.StatusNotFound, path)
 		})
 	}
+}
+
+// Routes match as the Functions host matches them: in any case, with or
+// without a trailing slash; parameter values keep their case.
+func TestForwardingModeRoutesMatchAsTheHost(t *testing.T) {
+	url, _ := testServer(t)
+
+	for _, path := range []string{"/api/Start", "/API/START", "/api/start/", "/Api/Start/"} {
+		t.Run("POST "+path, func(t *testing.T) {
+			res := do(t, http.MethodPost, url+path, nil, `{"workItems":["a"]}`)
+			wantStatus(t, res, http.StatusOK)
+			e := decodeEcho(t, res.body)
+			if got, want := e.Body, `{"workItems":["a"]}`; got != want {
+				t.Errorf("body: got %q, want %q", got, want)
+			}
+			if got, want := e.URL, path; got != want {
+				t.Errorf("URL the function saw: got %q, want %q", got, want)
+			}
+		})
+	}
+	for _, path := range []string{"/api/Status/AbC-123", "/API/status/AbC-123/", "/api/STATUS/AbC-123/"} {
+		t.Run("GET "+path, func(t *testing.T) {
+			res := do(t, http.MethodGet, url+path, nil, "")
+			wantStatus(t, res, http.StatusOK)
+			if got, want := decodeEcho(t, res.body).Vars["instanceId"], "AbC-123"; got != want {
+				t.Errorf("mux.Vars()[instanceId]: got %q, want %q", got, want)
+			}
+		})
+	}
+
+	t.Run("wrong method on a route in another case gets 405", func(t *testing.T) {
+		res := do(t, http.MethodGet, url+"/API/Start/", nil, "")
+		wantErrorResponse(t, res, http.StatusMethodNotAllowed, "start does not accept GET: use POST")
+		if got, want := res.header.Get("Allow"), "POST"; got != want {
+			t.Errorf("Allow header: got %q, want %q", got, want)
+		}
+	})
+
+	t.Run("method in lower case", func(t *testing.T) {
+		res := do(t, "post", url+"/api/start", nil, "{}")
+		wantStatus(t, res, http.StatusOK)
+	})
+
+	t.Run("POST to the readiness probe gets 405", func(t *testing.T) {
+		res := do(t, http.MethodPost, url+"/", nil, "")
+		wantErrorResponse(t, res, http.StatusMethodNotAllowed, "POST /", "GET or HEAD")
+		if got, want := res.header.Get("Allow"), "GET, HEAD"; got != want {
+			t.Errorf("Allow header: got %q, want %q", got, want)
+		}
+	})
+
+	for _, path := range []string{"/api/Start/x", "/api/Startx", "/API/status/", "/apix/start", "/api/Nope/"} {
+		t.Run("unknown path "+path, func(t *testing.T) {
+			res := do(t, http.MethodPost, url+path, nil, "")
+			wantErrorResponse(t, res, http.StatusNotFound, path)
+		})
+	}
+
+	t.Run("payload-mode path is the function's name as it is", func(t *testing.T) {
+		res := do(t, http.MethodPost, url+"/Start", nil, "")
+		wantErrorResponse(t, res, http.StatusNotFound, "/Start")
+	})
+}
+
+// Functions may share a route with different methods, as the host allows:
+// each method reaches its own function, and a method none takes gets a 405
+// that names them all.
+func TestForwardingModeSharedRoute(t *testing.T) {
+	named := func(name string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			httpjson.Write(w, http.StatusOK, map[string]string{"function": name, "id": mux.Vars(r)["id"]})
+		})
+	}
+	fns := []Function{
+		{Name: "item_get", Methods: []string{"GET"}, Route: "items/{id}", Params: []string{"id"}, Trigger: "req", Output: "res"},
+		{Name: "item_put", Methods: []string{"PUT", "PATCH"}, Route: "Items/{id}", Params: []string{"id"}, Trigger: "req", Output: "res"},
+	}
+	router, err := NewRouter(fns, []Handler{
+		{Name: "item_get", RouteParams: []string{"id"}, Handler: named("item_get")},
+		{Name: "item_put", RouteParams: []string{"id"}, Handler: named("item_put")},
+	}, Options{RoutePrefix: "v1", Log: zerolog.Nop(), LogWriter: io.Discard, MaxPayloadBytes: testMaxPayloadBytes})
+	if err != nil {
+		t.Fatalf("NewRouter: %v", err)
+	}
+	srv := httptest.NewServer(router)
+	t.Cleanup(srv.Close)
+
+	for method, want := range map[string]string{"GET": "item_get", "PUT": "item_put", "PATCH": "item_put"} {
+		t.Run(method, func(t *testing.T) {
+			res := do(t, method, srv.URL+"/v1/items/X7/", nil, "")
+			wantStatus(t, res, http.StatusOK)
+			var got map[string]string
+			if err := json.Unmarshal(res.body, &got); err != nil {
+				t.Fatal(err)
+			}
+			if got["function"] != want || got["id"] != "X7" {
+				t.Errorf("answer: got %v, want function %s, id X7", got, want)
+			}
+		})
+	}
+	t.Run("DELETE", func(t *testing.T) {
+		res := do(t, http.MethodDelete, srv.URL+"/V1/ITEMS/X7", nil, "")
+		wantErrorResponse(t, res, http.StatusMethodNotAllowed, "item_get and item_put do not accept DELETE: use GET or PUT or PATCH")
+		if got, want := res.header.Get("Allow"), "GET, PUT, PATCH"; got != want {
+			t.Errorf("Allow header: got %q, want %q", got, want)
+		}
+	})
 }
 
 // hostInvocation is a payload as the Functions host sends it (see
@@ -844,6 +1030,85 @@ func TestPayloadModeFunctionErrorsStayInside(t *testing.T) {
 	})
 }
 
+// cutAfterLast returns s up to the last sep in it, included.
+func cutAfterLast(s, sep string) string { return s[:strings.LastIndex(s, sep)+len(sep)] }
+
+// A body larger than the function takes, however large, is refused by the
+// function itself, inside a 200 reply, as in forwarding mode; only the part
+// the function needs to see that is kept.
+func TestPayloadModeOversizedBody(t *testing.T) {
+	url, logs := testServer(t)
+	limited := func(body, contentType string) string {
+		return strings.Replace(hostInvocation("POST", "http://localhost:7071/api/limited", `{}`, body),
+			`"Accept": ["*/*"]`, `"Content-Type": ["`+contentType+`"]`, 1)
+	}
+	quoted := func(s string) string {
+		b, _ := json.Marshal(s)
+		return string(b)
+	}
+	huge := 4 * testMaxPayloadBytes // the whole invocation is over MaxPayloadBytes
+	escaped := strings.Repeat(`\u0001`, huge)
+
+	for _, tc := range []struct {
+		name    string
+		payload string
+	}{
+		{"one byte over", limited(quoted(strings.Repeat("x", testMaxBodyBytes+1)), "application/json")},
+		{"far over", limited(quoted(strings.Repeat("x", huge)), "application/json")},
+		{"far over, every byte escaped", limited(`"`+escaped+`"`, "application/json")},
+		{"far over, in base64", limited(quoted(base64.StdEncoding.EncodeToString([]byte(strings.Repeat("x", huge)))), "application/octet-stream")},
+		{"far over, base64 with an escaped +", limited(`"`+strings.Repeat(`\u002B`, huge)+`"`, "application/octet-stream")},
+		{"far over, body before the rest", `{"Data": {"req": {"Body": ` + quoted(strings.Repeat("x", huge)) +
+			`, "Url": "http://localhost:7071/api/limited", "Method": "POST", "Headers": {}, "Params": {}}}, "Metadata": {}}`},
+		{"far over, names in other cases", `{"data": {"req": {"Url": "http://localhost:7071/api/limited", "Method": "POST", "body": ` + quoted(strings.Repeat("x", huge)) + `}}}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if strings.Contains(tc.name, "far over") && len(tc.payload) <= testMaxPayloadBytes {
+				t.Fatalf("payload of %d bytes is not over MaxPayloadBytes (%d)", len(tc.payload), testMaxPayloadBytes)
+			}
+			_, out := invoke(t, url, "limited", tc.payload, nil)
+			if got, want := out.StatusCode, http.StatusRequestEntityTooLarge; got != want {
+				t.Errorf("Outputs.res.statusCode: got %d, want %d; body %s", got, want, out.Body)
+			}
+			if got, want := errorMessage(t, []byte(out.Body)), "request body is larger than 256 bytes"; got != want {
+				t.Errorf("Outputs.res.body error: got %q, want %q", got, want)
+			}
+		})
+	}
+
+	// Up to the limit, every byte arrives, however it was written.
+	plusses := bytes.Repeat([]byte{0xfb, 0xef, 0xbe}, testMaxBodyBytes/3) // base64 "++++"
+	for _, tc := range []struct {
+		name    string
+		payload string
+		want    int // body length
+	}{
+		{"at the limit", limited(quoted(strings.Repeat("x", testMaxBodyBytes)), "application/json"), testMaxBodyBytes},
+		{"at the limit, every byte escaped", limited(`"`+strings.Repeat(`\u0001`, testMaxBodyBytes)+`"`, "application/json"), testMaxBodyBytes},
+		{"at the limit, in base64", limited(quoted(base64.StdEncoding.EncodeToString([]byte(strings.Repeat("x", testMaxBodyBytes)))), "application/octet-stream"), testMaxBodyBytes},
+		{"within the limit, in base64 escaped throughout", limited(`"`+strings.ReplaceAll(base64.StdEncoding.EncodeToString(plusses), "+", `\u002B`)+`"`, "application/octet-stream"), len(plusses)},
+		{"within the limit, in base64 with line breaks", limited(quoted(strings.Repeat(base64.StdEncoding.EncodeToString([]byte("abc"))+"\r\n", testMaxBodyBytes/3)), "application/octet-stream"), testMaxBodyBytes / 3 * 3},
+		{"a huge body replaced by a later one", strings.Replace(limited(`"x"`, "application/json"), `"Data": {`,
+			`"Data": {"req": {"Body": `+quoted(strings.Repeat("x", huge))+`}, `, 1), 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, out := invoke(t, url, "limited", tc.payload, nil)
+			if got, want := out.StatusCode, http.StatusOK; got != want {
+				t.Fatalf("Outputs.res.statusCode: got %d, want %d; body %s", got, want, out.Body)
+			}
+			var got map[string]int
+			json.Unmarshal([]byte(out.Body), &got)
+			if got["length"] != tc.want {
+				t.Errorf("body length the function saw: got %v, want %d", out.Body, tc.want)
+			}
+		})
+	}
+
+	if strings.Contains(logs.String(), "unreadable invocation payload") {
+		t.Errorf("an invocation was refused as unreadable:\n%s", logs)
+	}
+}
+
 func TestPayloadModeBadPayloads(t *testing.T) {
 	url, _ := testServer(t)
 	jsonHeader := http.Header{"Content-Type": {"application/json"}}
@@ -863,7 +1128,11 @@ func TestPayloadModeBadPayloads(t *testing.T) {
 		{"relative Url", "start", hostInvocation("POST", "/api/start", `{}`, ""), http.StatusBadRequest, []string{"Data.req.Url", `"/api/start"`, "absolute URL"}},
 		{"no Method", "start", hostInvocation("", "http://localhost:7071/api/start", `{}`, ""), http.StatusBadRequest, []string{"Data.req.Method"}},
 		{"unknown function", "nope", hostInvocation("POST", "http://localhost:7071/api/nope", `{}`, ""), http.StatusNotFound, []string{"/nope"}},
-		{"too large", "start", hostInvocation("POST", "http://localhost:7071/api/start", `{}`, `"`+strings.Repeat("x", 2*testMaxPayloadBytes)+`"`), http.StatusRequestEntityTooLarge, []string{"larger than 4096 bytes"}},
+		{"too large", "start", strings.Replace(hostInvocation("POST", "http://localhost:7071/api/start", `{}`, ""),
+			`"X-Test": [`, `"X-Test": ["`+strings.Repeat("x", testMaxPayloadBytes)+`", `, 1), http.StatusRequestEntityTooLarge, []string{"larger than 4096 bytes"}},
+		{"body not a JSON string past the cut", "limited", hostInvocation("POST", "http://localhost:7071/api/limited", `{}`, `"`+strings.Repeat("x", 2*testMaxPayloadBytes)+"\x01\""), http.StatusBadRequest, []string{"Data.req.Body", "control character"}},
+		{"bad escape past the cut", "limited", hostInvocation("POST", "http://localhost:7071/api/limited", `{}`, `"`+strings.Repeat("x", 2*testMaxPayloadBytes)+`\q"`), http.StatusBadRequest, []string{"Data.req.Body", `invalid escape "\\q"`}},
+		{"payload ends inside the body", "limited", cutAfterLast(hostInvocation("POST", "http://localhost:7071/api/limited", `{}`, `"`+strings.Repeat("x", 2*testMaxPayloadBytes)+`"`), "x"), http.StatusBadRequest, []string{"not a JSON object", "unexpected end"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res := do(t, http.MethodPost, url+"/"+tc.function, jsonHeader, tc.payload)

@@ -31,9 +31,11 @@ type Function struct {
 	Output   string // name of the http output binding: the key under Outputs
 }
 
-// Allows reports whether the function accepts method.
+// Allows reports whether the function accepts method. Method names match in
+// any case, as function.json writes them ("get") and as the host matches
+// them.
 func (f Function) Allows(method string) bool {
-	return len(f.Methods) == 0 || slices.Contains(f.Methods, method)
+	return len(f.Methods) == 0 || slices.ContainsFunc(f.Methods, func(m string) bool { return strings.EqualFold(m, method) })
 }
 
 // Path returns the function's URL path under prefix, with each route
@@ -69,6 +71,41 @@ func (f Function) Templates() []string {
 		ts = append(ts, strings.Join(segs[:n], "/"))
 	}
 	return ts
+}
+
+// match reports whether path is the function's route under prefix, as the
+// Functions host matches routes: literal segments, the prefix's included,
+// in any case, and one trailing slash allowed. It returns the value of each
+// route parameter, one whole segment, as sent: instance ids are
+// case-sensitive.
+func (f Function) match(prefix, path string) (map[string]string, bool) {
+	path = strings.TrimSuffix(strings.TrimPrefix(path, "/"), "/")
+	got := strings.Split(path, "/")
+	for _, t := range f.Templates() {
+		if vars, ok := matchTemplate(strings.Split(strings.TrimPrefix(joinPath(prefix, t), "/"), "/"), got); ok {
+			return vars, true
+		}
+	}
+	return nil, false
+}
+
+// matchTemplate matches a path's segments against a template's.
+func matchTemplate(want, got []string) (map[string]string, bool) {
+	if len(got) != len(want) {
+		return nil, false
+	}
+	vars := map[string]string{}
+	for i, seg := range want {
+		if paramName.MatchString(seg) {
+			if got[i] == "" {
+				return nil, false
+			}
+			vars[strings.Trim(seg, "{}")] = got[i]
+		} else if !strings.EqualFold(got[i], seg) {
+			return nil, false
+		}
+	}
+	return vars, true
 }
 
 func joinPath(prefix, route string) string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"maps"
 	"net/http"
 	"net/url"
@@ -51,12 +52,17 @@ type invocationReply struct {
 // from the invocation, runs the same handler as forwarding mode, and returns
 // its response, and the log lines it wrote, in the reply. The reply is 200
 // whatever the function answered; only a payload that cannot be read at all
-// gets a plain 400, which the host reports to the caller as a failure.
+// gets a plain 400, or 413 if too large to hold, which the host reports to
+// the caller as a failure.
 func payload(fn Function, h http.Handler, opts Options) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			refuseMethod(w, r, []string{http.MethodPost}, "%s %s: invocation payloads are POSTed", r.Method, r.URL.Path)
+			return
+		}
 		log := requestLogger(opts.Log, fn.Name, r)
 		ctx := log.WithContext(r.Context())
-		req, err := readInvocation(w, r.WithContext(ctx), fn, opts.MaxPayloadBytes)
+		req, err := readInvocation(r.WithContext(ctx), fn, opts)
 		if err != nil {
 			log.Warn().Err(err).Msg("unreadable invocation payload")
 			httpjson.RenderError(w, r.WithContext(ctx), err)
@@ -76,14 +82,15 @@ func payload(fn Function, h http.Handler, opts Options) http.Handler {
 	})
 }
 
-// readInvocation decodes the payload and rebuilds the HTTP request in it.
-func readInvocation(w http.ResponseWriter, r *http.Request, fn Function, limit int64) (*http.Request, error) {
-	body, err := httpjson.ReadBody(w, r, limit, "invocation payload")
+// readInvocation decodes the payload and rebuilds the HTTP request in it. A
+// request body cut short as opts.MaxBodyBytes says reads as too large.
+func readInvocation(r *http.Request, fn Function, opts Options) (*http.Request, error) {
+	payload, cut, err := readPayload(r.Body, fn.Trigger, limitsFor(opts))
 	if err != nil {
 		return nil, err
 	}
 	var inv invocation
-	if err := json.Unmarshal(body, &inv); err != nil {
+	if err := json.Unmarshal(payload, &inv); err != nil {
 		return nil, httpjson.Errorf(http.StatusBadRequest, "invocation payload is not a JSON object of the form {\"Data\": {...}, \"Metadata\": {...}}: %v", err)
 	}
 	raw, ok := inv.Data[fn.Trigger]
@@ -110,7 +117,7 @@ func readInvocation(w http.ResponseWriter, r *http.Request, fn Function, limit i
 			header.Add(name, v) // canonicalizes the name
 		}
 	}
-	reqBody, err := rawBody(d.Body, header.Get("Content-Type"))
+	reqBody, err := rawBody(d.Body, header.Get("Content-Type"), cut)
 	if err != nil {
 		return nil, httpjson.Errorf(http.StatusBadRequest, "invocation payload's Data.%s.Body: %v", fn.Trigger, err)
 	}
@@ -119,14 +126,21 @@ func readInvocation(w http.ResponseWriter, r *http.Request, fn Function, limit i
 	if err != nil {
 		return nil, httpjson.Errorf(http.StatusBadRequest, "invocation payload's Data.%s: %v", fn.Trigger, err)
 	}
+	if cut {
+		// More than the function takes; what it reads past that fails as
+		// a MaxBytesReader would, so its own limit answers the caller.
+		req.Body = io.NopCloser(io.MultiReader(bytes.NewReader(reqBody), tooLargeBody{opts.MaxBodyBytes}))
+		req.ContentLength = -1
+	}
 	req.Header = header
 	req.RemoteAddr = r.RemoteAddr
 	return mux.SetURLVars(req, d.Params), nil
 }
 
 // rawBody returns the request body an invocation carries. The host sends it
-// as a string, base64-encoded for binary content types.
-func rawBody(b json.RawMessage, contentType string) ([]byte, error) {
+// as a string, base64-encoded for binary content types. A cut body's base64
+// is decoded up to its last whole group.
+func rawBody(b json.RawMessage, contentType string, cut bool) ([]byte, error) {
 	if len(b) == 0 || string(b) == "null" {
 		return nil, nil
 	}
@@ -138,6 +152,10 @@ func rawBody(b json.RawMessage, contentType string) ([]byte, error) {
 		return nil, err
 	}
 	if ct := strings.ToLower(contentType); strings.HasPrefix(ct, "application/octet-stream") || strings.HasPrefix(ct, "multipart/") {
+		if cut {
+			s = strings.NewReplacer("\r", "", "\n", "").Replace(s)
+			s = s[:len(s)/4*4]
+		}
 		return base64.StdEncoding.DecodeString(s)
 	}
 	return []byte(s), nil

@@ -29,14 +29,27 @@ type Options struct {
 	// LogWriter is where Log writes. In payload mode each invocation's log
 	// lines go there and, as text, into the reply's Logs.
 	LogWriter io.Writer
-	// MaxPayloadBytes bounds an invocation payload.
+	// MaxPayloadBytes bounds an invocation payload as held in memory; with
+	// MaxBodyBytes set, all of it but the request body, which the cut
+	// bounds.
 	MaxPayloadBytes int64
+	// MaxBodyBytes is the largest request body any function accepts; 0 for
+	// no cut. In payload mode, a body certainly longer than that (its JSON
+	// text past a third more characters) reaches the function cut there,
+	// then failing with *http.MaxBytesError: the function's own limit
+	// refuses it, in the reply, as in forwarding mode. The rest of the
+	// body is read and dropped, never held.
+	MaxBodyBytes int64
 }
 
 // NewRouter serves each function at its route under the prefix (forwarding
 // mode) and at POST /{name} (payload mode), and answers GET / at once for the
 // host's readiness and health probes. Every function.json must have a handler
 // and every handler a function.json whose route has the parameters it reads.
+//
+// Routes match as the Functions host matches them: in any case, with or
+// without a trailing slash. A request whose path is a function's route but
+// whose method no function there accepts gets a 405 naming the methods.
 func NewRouter(fns []Function, handlers []Handler, opts Options) (http.Handler, error) {
 	byName := map[string]Handler{}
 	for _, h := range handlers {
@@ -55,8 +68,18 @@ func NewRouter(fns []Function, handlers []Handler, opts Options) (http.Handler, 
 				problems = append(problems, fmt.Sprintf("%s/function.json: route %q lacks the {%s} parameter the function reads", fn.Name, fn.Route, p))
 			}
 		}
-		if opts.RoutePrefix == "" && fn.Route == fn.Name {
-			problems = append(problems, fmt.Sprintf("%s: with an empty route prefix its route %q is also its payload-mode path; set extensions.http.routePrefix or another route", fn.Name, fn.Route))
+		if opts.RoutePrefix != "" {
+			continue
+		}
+		for _, other := range fns {
+			if _, ok := fn.match("", "/"+other.Name); !ok {
+				continue
+			}
+			if other.Name == fn.Name {
+				problems = append(problems, fmt.Sprintf("%s: with an empty route prefix its route %q is also its payload-mode path; set extensions.http.routePrefix or another route", fn.Name, fn.Route))
+			} else {
+				problems = append(problems, fmt.Sprintf("%s: with an empty route prefix its route %q also matches /%s, the payload-mode path of %s; set extensions.http.routePrefix or another route", fn.Name, fn.Route, other.Name, other.Name))
+			}
 		}
 	}
 	for name := range byName {
@@ -66,42 +89,93 @@ func NewRouter(fns []Function, handlers []Handler, opts Options) (http.Handler, 
 		return nil, fmt.Errorf("function definitions do not match the handler:\n%s", strings.Join(problems, "\n"))
 	}
 
+	// Every route matches any method and refuses the ones it does not take
+	// itself, so that each 405 says what the path accepts.
 	r := mux.NewRouter()
-	r.Methods(http.MethodGet, http.MethodHead).Path("/").HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	r.Path("/").HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			refuseMethod(w, r, []string{http.MethodGet, http.MethodHead}, "%s /: the readiness probe is GET or HEAD", r.Method)
+			return
+		}
 		httpjson.Write(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
 	handlerFor := map[string]http.Handler{}
 	for _, h := range handlers {
 		handlerFor[h.Name] = h.Handler
 	}
+	// Payload mode: the host POSTs to the function's name, exactly.
 	for _, fn := range fns {
-		h := allowMethods(fn, handlerFor[fn.Name])
-		// Forwarding mode, and direct calls when running standalone.
-		for _, t := range fn.Templates() {
-			r.Path(joinPath(opts.RoutePrefix, t)).Handler(withLogger(opts.Log, fn.Name, h))
-		}
-		r.Methods(http.MethodPost).Path("/" + fn.Name).Handler(payload(fn, h, opts))
+		r.MatcherFunc(func(req *http.Request, _ *mux.RouteMatch) bool {
+			return req.URL.Path == "/"+fn.Name
+		}).Handler(payload(fn, allowMethods(fn, handlerFor[fn.Name]), opts))
 	}
+	// Forwarding mode, and direct calls when running standalone: the first
+	// function whose route matches and that accepts the method.
+	for _, fn := range fns {
+		r.MatcherFunc(func(req *http.Request, m *mux.RouteMatch) bool {
+			vars, ok := fn.match(opts.RoutePrefix, req.URL.Path)
+			if !ok || !fn.Allows(req.Method) {
+				return false
+			}
+			m.Vars = vars
+			return true
+		}).Handler(withLogger(opts.Log, fn.Name, handlerFor[fn.Name]))
+	}
+	r.MatcherFunc(func(req *http.Request, _ *mux.RouteMatch) bool {
+		return slices.ContainsFunc(fns, func(fn Function) bool {
+			_, ok := fn.match(opts.RoutePrefix, req.URL.Path)
+			return ok
+		})
+	}).Handler(methodNotAllowed(fns, opts))
 	r.NotFoundHandler = withLogger(opts.Log, "", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpjson.RenderError(w, r, httpjson.Errorf(http.StatusNotFound, "no function serves %s %s", r.Method, r.URL.Path))
-	}))
-	r.MethodNotAllowedHandler = withLogger(opts.Log, "", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Allow", http.MethodPost)
-		httpjson.RenderError(w, r, httpjson.Errorf(http.StatusMethodNotAllowed, "%s %s: invocation payloads are POSTed", r.Method, r.URL.Path))
 	}))
 	return r, nil
 }
 
-// allowMethods answers 405 for a method the function's function.json does not list.
+// methodNotAllowed answers a request to a function route that no function
+// there accepts the method of, naming the methods they do accept.
+func methodNotAllowed(fns []Function, opts Options) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var names, methods []string
+		for _, fn := range fns {
+			if _, ok := fn.match(opts.RoutePrefix, r.URL.Path); !ok {
+				continue
+			}
+			names = append(names, fn.Name)
+			for _, m := range fn.Methods {
+				if !slices.Contains(methods, m) {
+					methods = append(methods, m)
+				}
+			}
+		}
+		function, verb := names[0], "does"
+		if len(names) > 1 {
+			function, verb = "", "do"
+		}
+		withLogger(opts.Log, function, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			refuseMethod(w, r, methods, "%s %s not accept %s: use %s", strings.Join(names, " and "), verb, r.Method, strings.Join(methods, " or "))
+		})).ServeHTTP(w, r)
+	})
+}
+
+// allowMethods answers 405 for a method the function's function.json does
+// not list. In payload mode the host has chosen the function already; this
+// is its answer to a method it does not take.
 func allowMethods(fn Function, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !fn.Allows(r.Method) {
-			w.Header().Set("Allow", strings.Join(fn.Methods, ", "))
-			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusMethodNotAllowed, "%s does not accept %s: use %s", fn.Name, r.Method, strings.Join(fn.Methods, " or ")))
+			refuseMethod(w, r, fn.Methods, "%s does not accept %s: use %s", fn.Name, r.Method, strings.Join(fn.Methods, " or "))
 			return
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// refuseMethod answers 405 with the methods allowed.
+func refuseMethod(w http.ResponseWriter, r *http.Request, allowed []string, format string, args ...any) {
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	httpjson.RenderError(w, r, httpjson.Errorf(http.StatusMethodNotAllowed, format, args...))
 }
 
 // withLogger puts a logger in the request's context naming the function and
