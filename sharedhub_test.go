@@ -31,8 +31,15 @@ func TestManyHandlersStartTogetherOnOneHubFile(t *testing.T) {
 	for i := range ps {
 		ps[i] = startHandler(t, root, settings)
 	}
-	for i, p := range ps {
-		if err := p.up(30 * time.Second); err != nil {
+	for i := range ps {
+		err := ps[i].up(30 * time.Second)
+		// The free port a handler was given can be taken by some other
+		// process's connection before it listens: start it again elsewhere.
+		for tries := 0; err != nil && strings.Contains(err.Error(), "address already in use") && tries < 3; tries++ {
+			ps[i] = startHandler(t, root, settings)
+			err = ps[i].up(30 * time.Second)
+		}
+		if err != nil {
 			t.Errorf("handler %d of %d: %v", i+1, handlers, err)
 		}
 	}
