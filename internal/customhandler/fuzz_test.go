@@ -19,8 +19,11 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// fuzzMaxPayloadBytes bounds the payloads FuzzInvocationPayload sends.
-const fuzzMaxPayloadBytes = 4 << 10
+// Bounds of the routers FuzzInvocationPayload sends payloads to.
+const (
+	fuzzMaxPayloadBytes = 4 << 10
+	fuzzMaxBodyBytes    = 16 // small, so that bodies are often cut
+)
 
 // fuzzSeen is what the function behind a fuzzed payload saw of its request,
 // as it answers it.
@@ -35,8 +38,9 @@ type fuzzSeen struct {
 	ReadErr  string            `json:"readErr"`  // any other failure reading it
 }
 
-// fuzzRouter serves one function, start, which answers with what it saw.
-func fuzzRouter(t testing.TB, maxPayload int64) http.Handler {
+// fuzzRouter serves one function, start, which answers with what it saw, in
+// payload mode with bodies cut past maxBody (0 for no cut).
+func fuzzRouter(t testing.TB, maxPayload, maxBody int64) http.Handler {
 	t.Helper()
 	fn := Function{Name: "start", Route: "start", Trigger: "req", Output: "res"} // every method
 	see := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -50,7 +54,7 @@ func fuzzRouter(t testing.TB, maxPayload int64) http.Handler {
 		json.NewEncoder(w).Encode(s)
 	})
 	h, err := NewRouter([]Function{fn}, []Handler{{Name: fn.Name, Handler: see}}, Options{
-		RoutePrefix: "api", Log: zerolog.Nop(), LogWriter: io.Discard, MaxPayloadBytes: maxPayload,
+		RoutePrefix: "api", Log: zerolog.Nop(), LogWriter: io.Discard, MaxPayloadBytes: maxPayload, MaxBodyBytes: maxBody,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +102,9 @@ func fuzzInvoke(t *testing.T, h http.Handler, payload []byte) (seen *fuzzSeen, s
 // that is an HTTP token, an absolute URL with a host name, canonical header
 // names, a body no larger than the payload. The same payload is read the
 // same every time, and the request, sent again as the host would send it,
-// comes back the same.
+// comes back the same. With the body cut (MaxBodyBytes), the function sees
+// the same request with the same body or, only if the body is longer than
+// the cut, the start of it, then the error of a body too large.
 func FuzzInvocationPayload(f *testing.F) {
 	for _, seed := range []string{
 		// A JSON body as the host sends it: a string.
@@ -125,8 +131,9 @@ func FuzzInvocationPayload(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
-	h := fuzzRouter(f, fuzzMaxPayloadBytes)
-	again := fuzzRouter(f, 4*fuzzMaxPayloadBytes) // escapes and base64 may make a payload sent again larger
+	h := fuzzRouter(f, fuzzMaxPayloadBytes, 0)
+	again := fuzzRouter(f, 4*fuzzMaxPayloadBytes, 0) // escapes and base64 may make a payload sent again larger
+	cut := fuzzRouter(f, fuzzMaxPayloadBytes, fuzzMaxBodyBytes)
 	f.Fuzz(func(t *testing.T, payload []byte) {
 		seen, status, msg := fuzzInvoke(t, h, payload)
 		// The same payload is read the same way every time.
@@ -138,6 +145,11 @@ func FuzzInvocationPayload(f *testing.F) {
 		}
 		if tooLarge := len(payload) > fuzzMaxPayloadBytes; tooLarge != (status == http.StatusRequestEntityTooLarge) {
 			t.Fatalf("payload of %d bytes, limit %d: got %d %q", len(payload), fuzzMaxPayloadBytes, status, msg)
+		}
+		// Cutting the body can hide a fault past the cut, but never add one.
+		seenCut, statusCut, msgCut := fuzzInvoke(t, cut, payload)
+		if statusCut != http.StatusOK && (statusCut != status || msgCut == "") {
+			t.Fatalf("payload %q: with the body cut, refused with %d %q; without, %d %q", payload, statusCut, msgCut, status, msg)
 		}
 		if seen == nil {
 			return
@@ -152,6 +164,17 @@ func FuzzInvocationPayload(f *testing.F) {
 			t.Errorf("payload %q was read as %+v, but the same sent again, %q, is refused: %d %s", payload, seen, sentAgain, status2, msg2)
 		} else if !sameRequest(seen, seen2) || !bytes.Equal(seen.Body, seen2.Body) || seen2.TooLarge {
 			t.Errorf("payload %q and the same sent again, %q, differ:\n%+v\n%+v", payload, sentAgain, seen, seen2)
+		}
+
+		switch {
+		case seenCut == nil:
+			t.Errorf("payload %q: read whole, but refused with the body cut: %d %q", payload, statusCut, msgCut)
+		case !sameRequest(seen, seenCut) || seenCut.ReadErr != "":
+			t.Errorf("payload %q: with the body cut the function saw another request:\n%+v\n%+v", payload, seen, seenCut)
+		case !seenCut.TooLarge && !bytes.Equal(seenCut.Body, seen.Body):
+			t.Errorf("payload %q: with the body cut, a body that reads whole but is %q, not %q", payload, seenCut.Body, seen.Body)
+		case seenCut.TooLarge && (len(seen.Body) <= fuzzMaxBodyBytes || !bytes.HasPrefix(seen.Body, seenCut.Body)):
+			t.Errorf("payload %q: a %d-byte body (cut past %d) read as %q, then too large", payload, len(seen.Body), fuzzMaxBodyBytes, seenCut.Body)
 		}
 	})
 }
