@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,7 +55,7 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	wake := newWakeups()
 	be := hubBackend{Backend: sqlite.NewSqliteBackend(opts, dtLog), wake: wake, work: workCtx}
-	if err := createTaskHub(ctx, be); err != nil {
+	if err := createTaskHubShared(ctx, be); err != nil {
 		stopWork()
 		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
 	}
@@ -146,6 +148,30 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 	}
 	return &Hub{Client: embeddedClient{c: backend.NewTaskHubClient(be), be: be}, close: closeHub}, nil
 }
+
+// createTaskHubShared is createTaskHub, tried again for up to
+// openBusyFor while another process holds the file: handlers starting
+// together on one file race to switch it to its write-ahead log and create
+// the schema, and SQLite answers some of those races with SQLITE_BUSY at
+// once, without waiting its busy_timeout.
+func createTaskHubShared(ctx context.Context, be backend.Backend) error {
+	deadline := time.Now().Add(openBusyFor)
+	for {
+		err := createTaskHub(ctx, be)
+		if err == nil || !strings.Contains(err.Error(), "SQLITE_BUSY") || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(20+rand.IntN(80)) * time.Millisecond):
+		}
+	}
+}
+
+// openBusyFor bounds how long opening the embedded hub waits for other
+// processes opening it too.
+const openBusyFor = 10 * time.Second
 
 // createTaskHub creates the schema. The SQLite backend panics, rather than
 // failing, when it cannot open or write the file.
