@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,6 +68,7 @@ type grpcWorker struct {
 	hub      string
 
 	orchestrationSlots, activitySlots chan struct{} // their capacities are the host.json limits
+	history                           *historyCache
 	// The scheduler's limits on each payload (an orchestration's input,
 	// output and custom status, an activity's input and result, an event's
 	// data) and on each completion. A message it refuses would be refused
@@ -99,6 +101,7 @@ func newGRPCWorker(conn *grpc.ClientConn, exec backend.Executor, stopWork contex
 		conn: conn, exec: exec, log: log, endpoint: cfg.Scheduler.Host, hub: cfg.Name,
 		orchestrationSlots: make(chan struct{}, cfg.MaxConcurrentOrchestrations),
 		activitySlots:      make(chan struct{}, cfg.MaxConcurrentActivities),
+		history:            newHistoryCache(historyCacheBytes),
 		maxPayloadBytes:    cfg.MaxPayloadBytes,
 		maxStepBytes:       cfg.MaxStepBytes,
 		silentTimeout:      silentTimeout,
@@ -221,8 +224,10 @@ func (w *grpcWorker) session() (delivered bool, err error) {
 	silent := time.AfterFunc(w.silentTimeout, func() { cancel(errSilent) })
 	defer silent.Stop()
 	for {
-		item := newMessage("WorkItem")
-		err := stream.RecvMsg(item)
+		// Received undecoded: the history is decoded apart, through the
+		// cache, in the item's own goroutine.
+		received := &emptypb.Empty{}
+		err := stream.RecvMsg(received)
 		if err != nil {
 			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 				err = cause
@@ -240,7 +245,11 @@ func (w *grpcWorker) session() (delivered bool, err error) {
 		}
 		delivered = true
 		silent.Reset(w.silentTimeout)
-		w.dispatch(item)
+		item, history, err := splitWorkItem(received.ProtoReflect().GetUnknown())
+		if err != nil {
+			return delivered, err
+		}
+		w.dispatch(item, history)
 	}
 }
 
@@ -254,8 +263,6 @@ type orchestratorRequest interface {
 	proto.Message
 	GetInstanceId() string
 	GetExecutionId() *wrapperspb.StringValue
-	GetPastEvents() []*backend.HistoryEvent
-	GetNewEvents() []*backend.HistoryEvent
 }
 
 type activityRequest interface {
@@ -265,9 +272,10 @@ type activityRequest interface {
 	GetTaskId() int32
 }
 
-// dispatch starts work on one item, or hands it straight back when the
-// worker is stopping. Health pings need nothing: their arrival was enough.
-func (w *grpcWorker) dispatch(item proto.Message) {
+// dispatch starts work on one item, whose history, if it has one, is still
+// encoded; or hands it straight back when the worker is stopping. Health
+// pings need nothing: their arrival was enough.
+func (w *grpcWorker) dispatch(item proto.Message, history encodedHistory) {
 	token := unknownString(item, fieldWorkItemToken)
 	f := fieldsOf(item)
 	var kind workKind
@@ -275,7 +283,7 @@ func (w *grpcWorker) dispatch(item proto.Message) {
 	switch {
 	case f.has("orchestratorRequest"):
 		req := f.msg("orchestratorRequest").m.Interface().(orchestratorRequest)
-		kind, run = orchestrationWork, func() { w.runOrchestrator(req, token) }
+		kind, run = orchestrationWork, func() { w.runOrchestrator(req, history, token) }
 	case f.has("activityRequest"):
 		req := f.msg("activityRequest").m.Interface().(activityRequest)
 		kind, run = activityWork, func() { w.runActivity(req, token) }
@@ -317,7 +325,7 @@ func (w *grpcWorker) acquire(slots chan struct{}) bool {
 	}
 }
 
-func (w *grpcWorker) runOrchestrator(req orchestratorRequest, token string) {
+func (w *grpcWorker) runOrchestrator(req orchestratorRequest, history encodedHistory, token string) {
 	if !w.acquire(w.orchestrationSlots) {
 		w.abandon(orchestrationWork, token)
 		return
@@ -326,22 +334,35 @@ func (w *grpcWorker) runOrchestrator(req orchestratorRequest, token string) {
 	id := api.InstanceID(req.GetInstanceId())
 	log := w.log.With().Str("instanceId", string(id)).Logger()
 
-	past := req.GetPastEvents()
-	if unknownBool(req, fieldOrchestratorNeedHistory) {
+	streamed := unknownBool(req, fieldOrchestratorNeedHistory)
+	if streamed {
 		var err error
-		if past, err = w.streamHistory(id, req.GetExecutionId()); err != nil {
+		if history.past, err = w.streamHistory(id, req.GetExecutionId()); err != nil {
 			log.Warn().Err(err).Msg("fetching the orchestration's history failed; handing the work item back")
 			w.abandon(orchestrationWork, token)
 			return
 		}
 	}
-	results, err := w.exec.ExecuteOrchestrator(w.leases, id, past, req.GetNewEvents())
+	past, newEvents, err := w.history.decode(id, history)
+	if err == nil && streamed && !slices.ContainsFunc(past, isExecutionStarted) && !slices.ContainsFunc(newEvents, isExecutionStarted) {
+		err = errors.New("the streamed history has no ExecutionStarted event")
+	}
+	if err != nil {
+		log.Warn().Err(err).Msg("reading the orchestration's history failed; handing the work item back")
+		w.history.forget(id)
+		w.abandon(orchestrationWork, token)
+		return
+	}
+	results, err := w.exec.ExecuteOrchestrator(w.leases, id, past, newEvents)
 	if err != nil {
 		log.Warn().Err(err).Msg("running the orchestrator failed; handing the work item back")
 		w.abandon(orchestrationWork, token)
 		return
 	}
 	res := results.Response
+	if completesOrchestration(res) {
+		w.history.forget(id)
+	}
 	withToken(res, fieldOrchestratorRespToken, token)
 	if size, path := largestPayload(res); size > w.maxPayloadBytes {
 		msg := fmt.Sprintf("the orchestrator produced a %d-byte payload (%s), over the scheduler's limit of %d bytes per payload: pass less data between steps, for example with fewer items per partition (FANOUT_PARTITION_SIZE) or shorter items", size, path, w.maxPayloadBytes)
@@ -472,8 +493,9 @@ func (w *grpcWorker) abandon(kind workKind, token string) {
 }
 
 // streamHistory fetches an orchestration's history, which the scheduler
-// leaves out of work items whose history is too large to send inline.
-func (w *grpcWorker) streamHistory(id api.InstanceID, executionID *wrapperspb.StringValue) ([]*backend.HistoryEvent, error) {
+// leaves out of work items whose history is too large to send inline. The
+// events come encoded, for the history cache to decode.
+func (w *grpcWorker) streamHistory(id api.InstanceID, executionID *wrapperspb.StringValue) ([][]byte, error) {
 	if w.noStreamHist.Load() {
 		return nil, errors.New("the backend cannot stream histories")
 	}
@@ -493,7 +515,7 @@ func (w *grpcWorker) streamHistory(id api.InstanceID, executionID *wrapperspb.St
 	if err := stream.CloseSend(); err != nil {
 		return nil, err
 	}
-	var events []*backend.HistoryEvent
+	var events [][]byte
 	for {
 		chunk := &emptypb.Empty{}
 		err := stream.RecvMsg(chunk)
@@ -512,10 +534,7 @@ func (w *grpcWorker) streamHistory(id api.InstanceID, executionID *wrapperspb.St
 		}
 		events = append(events, chunkEvents...)
 	}
-	for _, e := range events {
-		if e.GetExecutionStarted() != nil {
-			return events, nil
-		}
-	}
-	return nil, errors.New("the streamed history has no ExecutionStarted event")
+	return events, nil
 }
+
+func isExecutionStarted(e *backend.HistoryEvent) bool { return e.GetExecutionStarted() != nil }

@@ -116,7 +116,7 @@ func TestWorkerHoldsItsActivityLimit(t *testing.T) {
 	exec := hubExecutor{Executor: task.NewTaskExecutor(r), log: zerolog.Nop(), work: work}
 	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 1, MaxConcurrentActivities: 2, MaxPayloadBytes: config.DefaultMaxPayloadBytes, MaxStepBytes: config.DefaultMaxStepBytes})
 	for i := range 10 {
-		w.dispatch(activityItem("instance", int32(i), "slow"))
+		w.dispatch(activityItem("instance", int32(i), "slow"), encodedHistory{})
 	}
 	w.inflight.Wait()
 	if most != 2 || ran != 10 {

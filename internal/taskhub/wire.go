@@ -1,6 +1,7 @@
 package taskhub
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/microsoft/durabletask-go/api"
@@ -42,6 +43,14 @@ const (
 	fieldHistoryChunkEvents      protowire.Number = 1  // HistoryChunk.events
 
 	capabilityHistoryStreaming = 1 // WorkerCapability.WORKER_CAPABILITY_HISTORY_STREAMING
+)
+
+// Field numbers v0.6.0 has too, for reading work items field by field
+// (TestFieldNumbersAreV060s checks them against its descriptors).
+const (
+	fieldWorkItemOrchestrator protowire.Number = 1 // WorkItem.orchestratorRequest
+	fieldOrchestratorPast     protowire.Number = 3 // OrchestratorRequest.pastEvents
+	fieldOrchestratorNew      protowire.Number = 4 // OrchestratorRequest.newEvents
 )
 
 // newMessage returns an empty message of the type v0.6.0 registered as name.
@@ -210,27 +219,70 @@ func streamHistoryRequest(instanceID string, executionID *wrapperspb.StringValue
 	return req, nil
 }
 
-// historyChunkEvents decodes the events of a HistoryChunk received as an
-// empty message with unknown fields.
-func historyChunkEvents(chunk proto.Message) ([]*backend.HistoryEvent, error) {
-	var events []*backend.HistoryEvent
-	var decodeErr error
+// historyChunkEvents returns the encoded events of a HistoryChunk received
+// as an empty message with unknown fields.
+func historyChunkEvents(chunk proto.Message) ([][]byte, error) {
+	var events [][]byte
 	err := eachField(chunk.ProtoReflect().GetUnknown(), func(n protowire.Number, t protowire.Type, v []byte) {
-		if n != fieldHistoryChunkEvents || t != protowire.BytesType || decodeErr != nil {
-			return
+		if n == fieldHistoryChunkEvents && t == protowire.BytesType {
+			e, _ := protowire.ConsumeBytes(v)
+			events = append(events, e)
 		}
-		raw, _ := protowire.ConsumeBytes(v)
-		e := &backend.HistoryEvent{}
-		if err := proto.Unmarshal(raw, e); err != nil {
-			decodeErr = fmt.Errorf("decoding a history event: %w", err)
-			return
-		}
-		events = append(events, e)
 	})
-	if err != nil {
-		return nil, err
+	return events, err
+}
+
+// encodedHistory is an orchestrator work item's history, each event as it
+// was encoded: decoding them is most of the cost of receiving the item, and
+// most of them came in the instance's previous step too (historyCache).
+type encodedHistory struct {
+	past, new [][]byte
+}
+
+// splitWorkItem decodes a work item as received (the whole message, read
+// as the unknown fields of an empty one), all but the history events of an
+// orchestrator request, which it returns still encoded, in order.
+func splitWorkItem(raw []byte) (proto.Message, encodedHistory, error) {
+	var h encodedHistory
+	var rest []byte // the work item without its history events
+	split := false
+	var splitErr error
+	err := eachField(raw, func(num protowire.Number, typ protowire.Type, v []byte) {
+		if num != fieldWorkItemOrchestrator || typ != protowire.BytesType {
+			rest = append(protowire.AppendTag(rest, num, typ), v...)
+			return
+		}
+		split = true
+		req, _ := protowire.ConsumeBytes(v)
+		var reqRest []byte
+		err := eachField(req, func(n protowire.Number, t protowire.Type, v []byte) {
+			if t == protowire.BytesType && (n == fieldOrchestratorPast || n == fieldOrchestratorNew) {
+				e, _ := protowire.ConsumeBytes(v)
+				if n == fieldOrchestratorPast {
+					h.past = append(h.past, e)
+				} else {
+					h.new = append(h.new, e)
+				}
+				return
+			}
+			reqRest = append(protowire.AppendTag(reqRest, n, t), v...)
+		})
+		if err != nil && splitErr == nil {
+			splitErr = err
+		}
+		rest = protowire.AppendBytes(protowire.AppendTag(rest, num, typ), reqRest)
+	})
+	if err = errors.Join(err, splitErr); err != nil {
+		return nil, h, fmt.Errorf("decoding a work item: %w", err)
 	}
-	return events, decodeErr
+	if !split {
+		rest = raw
+	}
+	item := newMessage("WorkItem")
+	if err := proto.Unmarshal(rest, item); err != nil {
+		return nil, h, fmt.Errorf("decoding a work item: %w", err)
+	}
+	return item, h, nil
 }
 
 // taskScheduledEvent is the history event an activity executor runs from.
@@ -282,6 +334,19 @@ func failOrchestration(res proto.Message, errorType, message string) {
 		set("failureDetails", &backend.TaskFailureDetails{ErrorType: errorType, ErrorMessage: message, IsNonRetriable: true})
 	actions.Append(action)
 	f.m.Clear(f.fd("customStatus"))
+}
+
+// completesOrchestration reports whether an orchestrator response ends the
+// orchestration (or starts it anew, continued as new).
+func completesOrchestration(res proto.Message) bool {
+	f := fieldsOf(res)
+	actions := f.m.Get(f.fd("actions")).List()
+	for i := range actions.Len() {
+		if (fields{actions.Get(i).Message()}).has("completeOrchestration") {
+			return true
+		}
+	}
+	return false
 }
 
 // largestPayload returns the size of the largest payload in m (any
