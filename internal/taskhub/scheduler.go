@@ -10,7 +10,6 @@ import (
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/microsoft/durabletask-go/backend"
 	"github.com/microsoft/durabletask-go/client"
-	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -29,10 +28,10 @@ import (
 const clientCallTimeout = 15 * time.Second
 
 // openScheduler connects to the Durable Task Scheduler, or any durabletask
-// gRPC backend, and starts a worker for it. It does not wait for the
-// scheduler: the worker keeps trying until it answers, and client calls made
-// meanwhile fail with an UnavailableError.
-func openScheduler(cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger) (*Hub, error) {
+// gRPC backend, and starts a worker for it that runs exec. It does not wait
+// for the scheduler: the worker keeps trying until it answers, and client
+// calls made meanwhile fail with an UnavailableError.
+func openScheduler(cfg config.TaskHub, exec backend.Executor, log zerolog.Logger) (*Hub, error) {
 	s := cfg.Scheduler
 	cred, err := newCredential(s)
 	if err != nil {
@@ -55,8 +54,7 @@ func openScheduler(cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.
 	}
 
 	workCtx, stopWork := context.WithCancel(context.Background())
-	exec := hubExecutor{Executor: task.NewTaskExecutor(registry), log: log, work: workCtx}
-	w := newGRPCWorker(workerConn, exec, stopWork, log.With().Str("component", "worker").Logger(), cfg)
+	w := newGRPCWorker(workerConn, hubExecutor{Executor: exec, log: log, work: workCtx}, stopWork, log.With().Str("component", "worker").Logger(), cfg)
 	w.start()
 
 	log.Info().Str("backend", "scheduler").Str("taskHub", cfg.Name).Str("endpoint", s.Endpoint).Str("authentication", string(s.Auth)).

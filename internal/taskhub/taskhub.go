@@ -56,5 +56,5 @@ func Open(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, 
 	if cfg.Embedded() {
 		return openEmbedded(ctx, cfg, registry, log)
 	}
-	return openScheduler(cfg, registry, log)
+	return openScheduler(cfg, task.NewTaskExecutor(registry), log)
 }

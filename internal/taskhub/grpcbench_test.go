@@ -1,0 +1,138 @@
+package taskhub_test
+
+import (
+	"context"
+	"flag"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/backend"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+
+	"fanoutfanin/functions"
+	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/dtstest"
+	"fanoutfanin/internal/taskhub"
+)
+
+var (
+	benchItems     = flag.Int("fanout.items", 1000, "BenchmarkSchedulerFanOut: work items per fan-out")
+	benchPartition = flag.Int("fanout.partition", config.DefaultPartitionSize, "BenchmarkSchedulerFanOut: FANOUT_PARTITION_SIZE")
+	benchBytes     = flag.Bool("fanout.bytes", false, "BenchmarkSchedulerFanOut: also count the bytes of the histories replayed (costs CPU)")
+)
+
+// countingExecutor counts what the worker runs: orchestrator steps, the
+// history events each replays, and activities.
+type countingExecutor struct {
+	backend.Executor
+	bytes                            bool
+	steps, past, new, size, activity atomic.Int64
+}
+
+func (c *countingExecutor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, past, new []*backend.HistoryEvent) (*backend.ExecutionResults, error) {
+	c.steps.Add(1)
+	c.past.Add(int64(len(past)))
+	c.new.Add(int64(len(new)))
+	if c.bytes {
+		n := 0
+		for _, e := range past {
+			n += proto.Size(e)
+		}
+		for _, e := range new {
+			n += proto.Size(e)
+		}
+		c.size.Add(int64(n))
+	}
+	return c.Executor.ExecuteOrchestrator(ctx, id, past, new)
+}
+
+func (c *countingExecutor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) (*backend.HistoryEvent, error) {
+	c.activity.Add(1)
+	return c.Executor.ExecuteActivity(ctx, id, e)
+}
+
+// usage is this process's resource usage so far.
+func usage(b *testing.B) syscall.Rusage {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return ru
+}
+
+// BenchmarkSchedulerFanOut runs fan-outs of -fanout.items items on the
+// gRPC path, the worker in this process against the upstream sidecar, and
+// reports this process's CPU time per activity: the worker's and the
+// orchestrator's, not the sidecar's (but this process also copies the
+// sidecar's log, some 5 % of it). With -cpuprofile, the profile is the
+// worker's alone. Also per activity: voluntary and involuntary context
+// switches, orchestrator steps and the history events they replay. Run it
+// with -benchtime=1x: each fan-out takes seconds. Flags of its own come
+// after -args:
+//
+//	go test ./internal/taskhub/ -run '^$' -bench SchedulerFanOut -benchtime=1x -cpuprofile cpu.out -args -fanout.items=2000
+func BenchmarkSchedulerFanOut(b *testing.B) {
+	addr, _ := dtstest.StartSidecar(b, 0, filepath.Join(b.TempDir(), "sidecar.sqlite"))
+	cfg := hubConfig("")
+	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + addr, Host: "127.0.0.1", Address: addr, Auth: config.AuthNone}
+	var counts *countingExecutor
+	hub, err := taskhub.OpenSchedulerWith(cfg, registry(b), zerolog.Nop(), func(x backend.Executor) backend.Executor {
+		counts = &countingExecutor{Executor: x, bytes: *benchBytes}
+		return counts
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer hub.Close(context.Background())
+
+	n := *benchItems
+	plan := functions.Plan{Count: n, PartitionSize: *benchPartition,
+		ListBytes: config.DefaultMaxPayloadBytes * 3 / 4, StepBytes: config.DefaultMaxStepBytes * 3 / 4}
+	ru0 := usage(b)
+	b.ResetTimer()
+	for b.Loop() {
+		id, err := hub.Client.ScheduleNewOrchestration(context.Background(), functions.OrchestratorName, api.WithInput(plan))
+		if err != nil {
+			b.Fatal(err)
+		}
+		waitDone(b, hub.Client, id)
+	}
+	b.StopTimer()
+	activities := float64(b.N * n)
+	ru1 := usage(b)
+	user := time.Duration(ru1.Utime.Nano() - ru0.Utime.Nano())
+	sys := time.Duration(ru1.Stime.Nano() - ru0.Stime.Nano())
+	b.ReportMetric(float64((user+sys).Microseconds())/activities, "cpu-µs/activity")
+	b.ReportMetric(float64(sys.Microseconds())/activities, "sys-µs/activity")
+	b.ReportMetric(float64(ru1.Nvcsw-ru0.Nvcsw)/activities, "vcsw/activity")
+	b.ReportMetric(float64(ru1.Nivcsw-ru0.Nivcsw)/activities, "ivcsw/activity")
+	b.ReportMetric(float64(counts.steps.Load())/activities, "steps/activity")
+	b.ReportMetric(float64(counts.past.Load()+counts.new.Load())/activities, "events/activity")
+	b.ReportMetric(float64(counts.new.Load())/float64(max(counts.steps.Load(), 1)), "new-events/step")
+	if *benchBytes {
+		b.ReportMetric(float64(counts.size.Load())/activities, "history-B/activity")
+	}
+}
+
+// waitDone waits for an instance to complete, polling every 50 ms as the
+// benchmark in internal/bench does, so that polling costs little.
+func waitDone(b *testing.B, c taskhub.Client, id api.InstanceID) {
+	for {
+		md, err := c.FetchOrchestrationMetadata(context.Background(), id)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if md.IsComplete() {
+			if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+				b.Fatalf("instance %s: %v: %v", id, md.RuntimeStatus, md.FailureDetails)
+			}
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
