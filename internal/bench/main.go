@@ -8,8 +8,9 @@
 // with -million) on the embedded task hub, each in a fresh handler; the
 // latency of 500 small starts from 50 concurrent clients; the same job on
 // durabletask-go's SQLite backend with its defaults, for comparison; 10,000
-// items over gRPC on the sidecar; and, with -partition-sizes, 100,000 items
-// per FANOUT_PARTITION_SIZE.
+// items over gRPC on the sidecar (other counts and a partition size with
+// -grpc-items and -grpc-partition-size); and, with -partition-sizes, 100,000
+// items per FANOUT_PARTITION_SIZE.
 package main
 
 import (
@@ -32,7 +33,7 @@ import (
 const (
 	baselineItems  = 1000    // the fan-out the library defaults run
 	partitionItems = 100_000 // the fan-out -partition-sizes runs
-	grpcItems      = 10_000
+	grpcItems      = 10_000  // the gRPC run the target is for
 	latencyStarts  = 500
 	latencyClients = 50
 	latencyItems   = 10
@@ -44,6 +45,8 @@ func measurementNames() []string { return []string{"fanout", "latency", "baselin
 type options struct {
 	million        bool
 	partitionSizes []int
+	grpcItems      []int    // fan-outs on the gRPC path
+	grpcPartition  int      // FANOUT_PARTITION_SIZE on the gRPC path; 0 for the default
 	only           []string // measurements to run; all when empty
 	out            string   // report file, relative to the module root; "" for none
 	poll           time.Duration
@@ -54,8 +57,10 @@ func (o options) runs(name string) bool { return len(o.only) == 0 || slices.Cont
 
 func parseFlags() (options, error) {
 	var o options
-	var sizes, only string
+	var sizes, only, grpcCounts string
 	flag.BoolVar(&o.million, "million", false, "also run 1,000,000 items on the embedded hub (takes minutes)")
+	flag.StringVar(&grpcCounts, "grpc-items", strconv.Itoa(grpcItems), "comma-separated item counts to run on the gRPC path, each in a fresh handler and sidecar")
+	flag.IntVar(&o.grpcPartition, "grpc-partition-size", 0, "FANOUT_PARTITION_SIZE on the gRPC path (default: the handler's)")
 	flag.StringVar(&sizes, "partition-sizes", "", "comma-separated FANOUT_PARTITION_SIZE values: run 100,000 items once with each (e.g. 250,500,1000,2000)")
 	flag.StringVar(&only, "only", "", "comma-separated measurements to run, of "+strings.Join(measurementNames(), ", ")+" (default all; then the report goes to stdout only, unless -o is given)")
 	flag.StringVar(&o.out, "o", "BENCHMARKS.md", "report file, relative to the module root; empty for stdout only")
@@ -71,6 +76,16 @@ func parseFlags() (options, error) {
 			return o, fmt.Errorf("-partition-sizes: %q is not a partition size from 1 to 10000", s)
 		}
 		o.partitionSizes = append(o.partitionSizes, n)
+	}
+	for _, s := range splitList(grpcCounts) {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1_000_000 {
+			return o, fmt.Errorf("-grpc-items: %q is not an item count from 1 to 1000000", s)
+		}
+		o.grpcItems = append(o.grpcItems, n)
+	}
+	if o.grpcPartition < 0 || o.grpcPartition > 10_000 {
+		return o, fmt.Errorf("-grpc-partition-size: %d is not a partition size from 1 to 10000", o.grpcPartition)
 	}
 	for _, s := range splitList(only) {
 		if !slices.Contains(measurementNames(), s) {
@@ -187,14 +202,17 @@ func (b *bench) measureAll(ctx context.Context) (results, error) {
 		progress("  p50 %s, p99 %s, max %s; all completed in %s", millis(l.p50), millis(l.p99), millis(l.max), seconds(l.allCompleted))
 		res.latency = &l
 	}
-	if b.opts.runs("grpc") {
-		progress("gRPC path: %s items on the durabletask-go sidecar (one activity at a time: a minute or more)", thousands(grpcItems))
-		g, err := b.grpcFanOut(ctx, grpcItems)
+	for _, n := range b.opts.grpcItems {
+		if !b.opts.runs("grpc") {
+			break
+		}
+		progress("gRPC path: %s items on the durabletask-go sidecar (one activity at a time: a minute or more for 10,000)", thousands(n))
+		g, err := b.grpcFanOut(ctx, n, b.opts.grpcPartition)
 		if err != nil {
 			return res, fmt.Errorf("gRPC path: %w", err)
 		}
 		progress("  %s, %s activities/s, handler CPU %s an activity", seconds(g.wall), thousands(int(g.perSecond())), micros(g.cpuPerItem()))
-		res.grpc = &g
+		res.grpc = append(res.grpc, g)
 	}
 	for _, size := range b.opts.partitionSizes {
 		progress("embedded fan-out of %s items, FANOUT_PARTITION_SIZE=%d", thousands(partitionItems), size)

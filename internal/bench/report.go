@@ -27,8 +27,8 @@ const (
 type results struct {
 	fanOuts    []fanOutResult // embedded, default partition size
 	latency    *latencyResult
-	baseline   time.Duration // library defaults, baselineItems items
-	grpc       *fanOutResult
+	baseline   time.Duration  // library defaults, baselineItems items
+	grpc       []fanOutResult // scheduler path, on the sidecar
 	partitions []fanOutResult // embedded, 100,000 items per FANOUT_PARTITION_SIZE
 	total      time.Duration  // the whole run
 }
@@ -41,6 +41,18 @@ func (r results) fanOut(n int) (fanOutResult, bool) {
 		}
 	}
 	return fanOutResult{}, false
+}
+
+// grpcTarget returns the gRPC run the target is held to: grpcItems items,
+// or else the largest run, if any.
+func (r results) grpcTarget() (fanOutResult, bool) {
+	var best fanOutResult
+	for _, g := range r.grpc {
+		if g.items == grpcItems || (best.items != grpcItems && g.items > best.items) {
+			best = g
+		}
+	}
+	return best, best.items > 0
 }
 
 // speedUp is how many times faster the handler ran baselineItems items than
@@ -134,14 +146,22 @@ func render(m machine, r results, opts options) string {
 		table(&w, []string{"Run (" + thousands(baselineItems) + " items)", "Wall time", "Activities/s", "Speed-up"}, rows)
 	}
 
-	if g := r.grpc; g != nil {
+	if len(r.grpc) > 0 {
 		w.WriteString("## gRPC path (the scheduler worker, on the durabletask-go sidecar)\n\n")
 		w.WriteString("The handler with `DURABLE_TASK_SCHEDULER_CONNECTION_STRING=Endpoint=http://127.0.0.1:<port>;Authentication=None`,\n" +
 			"talking to the upstream durabletask-go v0.6.0 sidecar (`-db` a fresh file), which dispatches one work item at a\n" +
 			"time, so the sidecar bounds the wall time. CPU is user + system time (utime + stime in /proc) during the\n" +
-			"fan-out, from just before the start request to `Completed`.\n\n")
-		table(&w, []string{"Items", "Wall time", "Activities/s", "Handler CPU (user + sys)", "Handler CPU / activity", "Sidecar CPU (user + sys)", "Handler peak RSS"},
-			[][]string{{thousands(g.items), seconds(g.wall), thousands(int(g.perSecond())), cpu(g.handlerCPU), micros(g.cpuPerItem()), cpu(g.sidecarCPU), megabytes(g.peakRSS)}})
+			"fan-out, from just before the start request to `Completed`. The status is polled every " + millis(opts.poll) + " at first, then\n" +
+			"every hundredth of the time so far, so that answering the polls adds little to the handler's CPU time.\n\n")
+		rows := [][]string{}
+		for _, g := range r.grpc {
+			partition := "default"
+			if g.partition != 0 {
+				partition = thousands(g.partition)
+			}
+			rows = append(rows, []string{thousands(g.items), partition, seconds(g.wall), thousands(int(g.perSecond())), cpu(g.handlerCPU), micros(g.cpuPerItem()), cpu(g.sidecarCPU), megabytes(g.peakRSS)})
+		}
+		table(&w, []string{"Items", "FANOUT_PARTITION_SIZE", "Wall time", "Activities/s", "Handler CPU (user + sys)", "Handler CPU / activity", "Sidecar CPU (user + sys)", "Handler peak RSS"}, rows)
 	}
 
 	if len(r.partitions) > 0 {
@@ -184,19 +204,9 @@ func targetRows(r results) [][]string {
 		}
 		return "p99 " + millis(l.p99)
 	}(), l != nil && l.p99 <= targetStartP99)
-	g := r.grpc
-	add("gRPC path: ≤ 100 µs handler CPU per activity", g != nil, func() string {
-		if g == nil {
-			return ""
-		}
-		return micros(g.cpuPerItem())
-	}(), g != nil && g.cpuPerItem() <= targetGRPCPerItem)
-	add("gRPC path: 10,000 items complete", g != nil, func() string {
-		if g == nil {
-			return ""
-		}
-		return thousands(g.items) + " completed in " + seconds(g.wall)
-	}(), g != nil)
+	g, ok := r.grpcTarget()
+	add("gRPC path: ≤ 100 µs handler CPU per activity", ok, micros(g.cpuPerItem())+" ("+thousands(g.items)+" items)", ok && g.cpuPerItem() <= targetGRPCPerItem)
+	add("gRPC path: 10,000 items complete", ok && g.items == grpcItems, thousands(g.items)+" completed in "+seconds(g.wall), ok && g.items == grpcItems)
 	return rows
 }
 
