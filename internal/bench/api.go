@@ -64,12 +64,8 @@ func startFanOut(ctx context.Context, client *http.Client, h *handler, n int) (s
 // waitCompleted polls the instance's status URL every interval until it is
 // Completed, and checks that its summary counts all n items. It fails at
 // once if the orchestration fails or the handler exits, and after timeout.
-// With spaced, the interval grows to a hundredth of the time waited so far:
-// a long run is timed to within 1 % without the polling itself adding much
-// to the handler's CPU time.
-func waitCompleted(ctx context.Context, client *http.Client, h *handler, s started, n int, interval, timeout time.Duration, spaced bool) error {
-	begin := time.Now()
-	deadline := begin.Add(timeout)
+func waitCompleted(ctx context.Context, client *http.Client, h *handler, s started, n int, interval, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	for {
 		if err := h.running(); err != nil {
 			return err
@@ -87,11 +83,7 @@ func waitCompleted(ctx context.Context, client *http.Client, h *handler, s start
 		if time.Now().After(deadline) {
 			return fmt.Errorf("instance %s (%d items) still %s after %s", s.ID, n, st.RuntimeStatus, timeout)
 		}
-		wait := interval
-		if spaced {
-			wait = max(interval, time.Since(begin)/100)
-		}
-		if err := sleep(ctx, wait); err != nil {
+		if err := sleep(ctx, interval); err != nil {
 			return err
 		}
 	}

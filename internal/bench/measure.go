@@ -97,7 +97,7 @@ func (b *bench) embeddedFanOut(ctx context.Context, n, partition int) (fanOutRes
 		return fanOutResult{}, err
 	}
 	defer b.stopHandler(h)
-	r, err := b.timedFanOut(ctx, h, nil, n, false)
+	r, err := b.timedFanOut(ctx, h, nil, n)
 	r.partition = partition
 	return r, err
 }
@@ -105,8 +105,7 @@ func (b *bench) embeddedFanOut(ctx context.Context, n, partition int) (fanOutRes
 // timedFanOut starts a fan-out of n items on h and waits for it to
 // complete, timing it from just before the start request, and reads the
 // handler's (and sidecar's, if any) CPU time around it and its peak RSS.
-// spaced polls less often as the run goes on (waitCompleted).
-func (b *bench) timedFanOut(ctx context.Context, h *handler, sidecar *child, n int, spaced bool) (fanOutResult, error) {
+func (b *bench) timedFanOut(ctx context.Context, h *handler, sidecar *child, n int) (fanOutResult, error) {
 	r := fanOutResult{items: n}
 	h0, err := cpuTime(h.pid(), b.clkTck)
 	if err != nil {
@@ -123,7 +122,7 @@ func (b *bench) timedFanOut(ctx context.Context, h *handler, sidecar *child, n i
 	if err != nil {
 		return r, err
 	}
-	if err := waitCompleted(ctx, b.client, h, s, n, b.opts.poll, b.opts.timeout, spaced); err != nil {
+	if err := waitCompleted(ctx, b.client, h, s, n, b.opts.poll, b.opts.timeout); err != nil {
 		return r, err
 	}
 	r.wall = time.Since(begin)
@@ -180,7 +179,7 @@ func (b *bench) startLatency(ctx context.Context, starts, clients, items int) (l
 	// One at a time: by the time the first has completed most others have
 	// too, and polling all 500 at once would load the handler measured.
 	for _, s := range instances {
-		if err := waitCompleted(ctx, b.client, h, s, items, b.opts.poll, b.opts.timeout, false); err != nil {
+		if err := waitCompleted(ctx, b.client, h, s, items, b.opts.poll, b.opts.timeout); err != nil {
 			return r, err
 		}
 	}
@@ -288,10 +287,7 @@ func (b *bench) baseline(ctx context.Context, n int) (time.Duration, error) {
 
 // grpcFanOut runs a fan-out of n items on the scheduler path: the handler
 // talking gRPC to the upstream durabletask-go sidecar on a fresh file;
-// partition, if not 0, sets FANOUT_PARTITION_SIZE. The sidecar takes a
-// minute or more for 10,000 items, so the status is polled less often as the
-// run goes on: what is measured is the handler's work, not its answers to
-// the benchmark's polling.
+// partition, if not 0, sets FANOUT_PARTITION_SIZE.
 func (b *bench) grpcFanOut(ctx context.Context, n, partition int) (fanOutResult, error) {
 	dir, err := b.freshDir("grpc")
 	if err != nil {
@@ -312,7 +308,7 @@ func (b *bench) grpcFanOut(ctx context.Context, n, partition int) (fanOutResult,
 		return fanOutResult{}, err
 	}
 	defer b.stopHandler(h)
-	r, err := b.timedFanOut(ctx, h, sc, n, true)
+	r, err := b.timedFanOut(ctx, h, sc, n)
 	r.partition = partition
 	if err == nil {
 		err = sc.running() // the sidecar must have lived through it

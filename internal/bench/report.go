@@ -151,8 +151,7 @@ func render(m machine, r results, opts options) string {
 		w.WriteString("The handler with `DURABLE_TASK_SCHEDULER_CONNECTION_STRING=Endpoint=http://127.0.0.1:<port>;Authentication=None`,\n" +
 			"talking to the upstream durabletask-go v0.6.0 sidecar (`-db` a fresh file), which dispatches one work item at a\n" +
 			"time, so the sidecar bounds the wall time. CPU is user + system time (utime + stime in /proc) during the\n" +
-			"fan-out, from just before the start request to `Completed`. The status is polled every " + millis(opts.poll) + " at first, then\n" +
-			"every hundredth of the time so far, so that answering the polls adds little to the handler's CPU time.\n\n")
+			"fan-out, from just before the start request to `Completed`.\n\n")
 		rows := [][]string{}
 		for _, g := range r.grpc {
 			partition := "default"
