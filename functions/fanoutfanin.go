@@ -314,12 +314,7 @@ func readPlan(ctx *task.OrchestrationContext) (Plan, error) {
 }
 
 // retry is the plan's retry policy.
-func (p Plan) retry() RetryPolicy {
-	if p.Retry == nil {
-		return DefaultRetry
-	}
-	return *p.Retry
-}
+func (p Plan) retry() RetryPolicy { return policyOrDefault(p.Retry) }
 
 // items returns the plan's work items, waiting for them if they come in
 // events. A start whose events do not all arrive processes nothing.
@@ -356,11 +351,7 @@ func Partition(ctx *task.OrchestrationContext) (any, error) {
 		return nil, fmt.Errorf("reading the partition: %w", err)
 	}
 	work := items{list: p.Items, first: p.First, count: p.Count}
-	retry := DefaultRetry
-	if p.Retry != nil {
-		retry = *p.Retry
-	}
-	return fanOut(ctx, work, p.Window, retry)
+	return fanOut(ctx, work, p.Window, policyOrDefault(p.Retry))
 }
 
 // fanOut runs process_work_item for every item, at most window at once
@@ -555,23 +546,32 @@ type Attempt struct {
 	Attempt int    `json:"attempt"`
 }
 
+// ReadAttempt reads process_work_item's input, either form, as an Attempt.
+func ReadAttempt(ctx task.ActivityContext) (Attempt, error) {
+	var raw json.RawMessage
+	if err := ctx.GetInput(&raw); err != nil {
+		return Attempt{}, fmt.Errorf("reading the work item: %w", err)
+	}
+	in := Attempt{Attempt: 1}
+	var err error
+	if len(raw) > 0 && raw[0] == '{' {
+		err = json.Unmarshal(raw, &in)
+	} else {
+		err = json.Unmarshal(raw, &in.Item)
+	}
+	if err != nil {
+		return Attempt{}, fmt.Errorf("reading the work item: it must be a string or {\"item\": …, \"attempt\": n}: %w", err)
+	}
+	return in, nil
+}
+
 // ProcessWorkItem returns process_work_item, which simulates work on one
 // item, as work says, and scores it 1 to 100.
 func ProcessWorkItem(work config.Work) task.Activity {
 	return func(ctx task.ActivityContext) (any, error) {
-		var raw json.RawMessage
-		if err := ctx.GetInput(&raw); err != nil {
-			return nil, fmt.Errorf("reading the work item: %w", err)
-		}
-		in := Attempt{Attempt: 1}
-		var err error
-		if len(raw) > 0 && raw[0] == '{' {
-			err = json.Unmarshal(raw, &in)
-		} else {
-			err = json.Unmarshal(raw, &in.Item)
-		}
+		in, err := ReadAttempt(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("reading the work item: it must be a string or {\"item\": …, \"attempt\": n}: %w", err)
+			return nil, err
 		}
 		item := in.Item
 		log := zerolog.Ctx(ctx.Context())

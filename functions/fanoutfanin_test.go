@@ -85,27 +85,13 @@ func registryWith(process func(item string) (functions.ItemResult, error)) *task
 		return r // the caller registers its own
 	}
 	r.AddActivityN(functions.ProcessWorkItemName, func(ctx task.ActivityContext) (any, error) {
-		in, err := attemptOf(ctx)
+		in, err := functions.ReadAttempt(ctx)
 		if err != nil {
 			return nil, err
 		}
 		return process(in.Item)
 	})
 	return r
-}
-
-// attemptOf reads process_work_item's input: the item, or on a retry the
-// item and the attempt.
-func attemptOf(ctx task.ActivityContext) (functions.Attempt, error) {
-	var raw json.RawMessage
-	if err := ctx.GetInput(&raw); err != nil {
-		return functions.Attempt{}, err
-	}
-	in := functions.Attempt{Attempt: 1}
-	if raw[0] == '{' {
-		return in, json.Unmarshal(raw, &in)
-	}
-	return in, json.Unmarshal(raw, &in.Item)
 }
 
 func complete(md *api.OrchestrationMetadata) bool { return md.IsComplete() }
@@ -225,7 +211,7 @@ func TestFailedAttemptsAreRetriedAfterTheirDelays(t *testing.T) {
 	var attempts []time.Time // of "flaky"
 	r := registryWith(nil)
 	r.AddActivityN(functions.ProcessWorkItemName, func(ctx task.ActivityContext) (any, error) {
-		in, err := attemptOf(ctx)
+		in, err := functions.ReadAttempt(ctx)
 		if err != nil {
 			return nil, err
 		}

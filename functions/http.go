@@ -149,7 +149,6 @@ func start(w http.ResponseWriter, r *http.Request, hub taskhub.Client, s Setting
 	w.Header().Set("Location", url)
 	w.Header().Set("Retry-After", retryAfterStart)
 	httpjson.Write(w, http.StatusAccepted, newCheckStatus(string(id), url))
-
 }
 
 // An item's entry in a partition's results, which aggregate_results gets
@@ -335,7 +334,7 @@ func Status(hub taskhub.Client, s Settings) http.Handler {
 			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusBadRequest, "no instance id in the request"))
 			return
 		}
-		allowed := map[string]string{"": "GET, HEAD, DELETE", "terminate": "POST", "suspend": "POST", "resume": "POST", "restart": "POST"}[action]
+		allowed := map[string]string{"": "GET, DELETE", "terminate": "POST", "suspend": "POST", "resume": "POST", "restart": "POST"}[action]
 		if allowed == "" {
 			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusNotFound, "unknown action %q: the actions are terminate, suspend, resume and restart", vars["action"]))
 			return
@@ -354,7 +353,7 @@ func Status(hub taskhub.Client, s Settings) http.Handler {
 			renderHubError(w, r, fmt.Errorf("fetching instance %s: %w", id, err))
 			return
 		}
-		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		if r.Method == http.MethodGet {
 			renderStatus(w, r, md, s.StatusURL, r.URL.Query().Get("showInput") != "false")
 			return
 		}

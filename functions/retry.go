@@ -30,6 +30,14 @@ var DefaultRetry = NewRetryPolicy(config.Retry{
 	MaxDelay:    config.DefaultRetryMaxDelay,
 })
 
+// policyOrDefault is p, or DefaultRetry when an input carries none.
+func policyOrDefault(p *RetryPolicy) RetryPolicy {
+	if p == nil {
+		return DefaultRetry
+	}
+	return *p
+}
+
 // NewRetryPolicy is the policy the settings r describe.
 func NewRetryPolicy(r config.Retry) RetryPolicy {
 	return RetryPolicy{

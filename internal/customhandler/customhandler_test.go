@@ -66,8 +66,8 @@ func TestLoadFunctionsRepository(t *testing.T) {
 		t.Fatalf("LoadFunctions: %v", err)
 	}
 	want := []Function{
-		{Name: "fan_out_fan_in", Methods: []string{"POST"}, Route: "fan_out_fan_in", Required: 1, Trigger: "req", Output: "res"},
-		{Name: "status", Methods: []string{"GET", "POST", "DELETE"}, Route: "status/{instanceId}/{action?}", Params: []string{"instanceId", "action"}, Required: 2, Trigger: "req", Output: "res"},
+		{Name: "fan_out_fan_in", Methods: []string{"POST"}, Route: "fan_out_fan_in", Trigger: "req", Output: "res"},
+		{Name: "status", Methods: []string{"GET", "POST", "DELETE"}, Route: "status/{instanceId}/{action?}", Params: []string{"instanceId", "action"}, Trigger: "req", Output: "res"},
 	}
 	if got, want := len(fns), len(want); got != want {
 		t.Fatalf("number of functions: got %d (%+v), want %d", got, fns, want)
@@ -80,7 +80,7 @@ func TestLoadFunctionsRepository(t *testing.T) {
 func assertFunction(t *testing.T, got, want Function) {
 	t.Helper()
 	if got.Name != want.Name || !slices.Equal(got.Methods, want.Methods) || got.Route != want.Route ||
-		!slices.Equal(got.Params, want.Params) || got.Required != want.Required || got.Trigger != want.Trigger || got.Output != want.Output {
+		!slices.Equal(got.Params, want.Params) || got.Trigger != want.Trigger || got.Output != want.Output {
 		t.Errorf("function: got %+v, want %+v", got, want)
 	}
 }
@@ -88,7 +88,7 @@ func assertFunction(t *testing.T, got, want Function) {
 // A route ending in optional parameters is served with and without them,
 // and its paths leave out those without a value.
 func TestOptionalRouteParameters(t *testing.T) {
-	fn := Function{Route: "status/{instanceId}/{action?}", Required: 2}
+	fn := Function{Route: "status/{instanceId}/{action?}"}
 	if got, want := fn.Templates(), []string{"status/{instanceId}/{action}", "status/{instanceId}"}; !slices.Equal(got, want) {
 		t.Errorf("Templates: got %q, want %q", got, want)
 	}
@@ -119,8 +119,8 @@ func TestLoadFunctionsDefaults(t *testing.T) {
 	if got, want := len(fns), 2; got != want {
 		t.Fatalf("number of functions: got %d (%+v), want %d", got, fns, want)
 	}
-	assertFunction(t, fns[0], Function{Name: "alpha", Methods: []string{"GET", "POST"}, Route: "items/{id}/parts/{part}", Params: []string{"id", "part"}, Required: 4, Trigger: "req", Output: "res"})
-	assertFunction(t, fns[1], Function{Name: "zeta", Route: "zeta", Required: 1, Trigger: "req", Output: "res"})
+	assertFunction(t, fns[0], Function{Name: "alpha", Methods: []string{"GET", "POST"}, Route: "items/{id}/parts/{part}", Params: []string{"id", "part"}, Trigger: "req", Output: "res"})
+	assertFunction(t, fns[1], Function{Name: "zeta", Route: "zeta", Trigger: "req", Output: "res"})
 	if !fns[1].Allows("DELETE") {
 		t.Errorf("a function without methods must allow every method; DELETE refused")
 	}

@@ -23,12 +23,9 @@ type Function struct {
 	Name    string   // the function's folder name
 	Methods []string // upper case; empty allows every method
 	Route   string   // route template without the prefix, e.g. "status/{instanceId}/{action?}"
-	Params  []string // the route's {parameters}, in order, without "?"
-	// Required is how many of the route's segments come before its
-	// optional {name?} parameters, which can only end it.
-	Required int
-	Trigger  string // name of the httpTrigger binding: the key under Data in payload mode
-	Output   string // name of the http output binding: the key under Outputs
+	Params  []string // the route's {parameters}, in order, without "?"; optional {name?} ones can only end it
+	Trigger string   // name of the httpTrigger binding: the key under Data in payload mode
+	Output  string   // name of the http output binding: the key under Outputs
 }
 
 // Allows reports whether the function accepts method. Method names match in
@@ -213,8 +210,6 @@ func loadFunction(path string) (Function, error) {
 			optional = true
 		case optional:
 			return Function{}, fmt.Errorf("%s: route %q: only the last segments can be optional {name?} parameters", where, fn.Route)
-		default:
-			fn.Required++
 		}
 	}
 	return fn, nil

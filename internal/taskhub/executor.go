@@ -21,11 +21,11 @@ type hubExecutor struct {
 }
 
 // ExecuteOrchestrator turns a panic that escapes the orchestrator into an
-// error, which hands the work item back instead of stopping the process.
+// error, which hands the work item back instead of stopping the process;
+// the worker logs it.
 func (x hubExecutor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, old, new []*backend.HistoryEvent) (res *backend.ExecutionResults, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			x.log.Error().Str("instanceId", string(id)).Msgf("orchestrator panicked: %v", p)
 			res, err = nil, fmt.Errorf("orchestrator panicked: %v", p)
 		}
 	}()

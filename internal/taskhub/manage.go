@@ -42,10 +42,10 @@ func (e embeddedClient) PurgeInstance(ctx context.Context, id api.InstanceID) (i
 		if err != nil {
 			return err
 		}
-		switch {
-		case len(state.OldEvents())+len(state.NewEvents()) == 0 && root:
+		switch exists := len(state.OldEvents())+len(state.NewEvents()) > 0; {
+		case !exists && root:
 			return api.ErrInstanceNotFound
-		case len(state.OldEvents())+len(state.NewEvents()) == 0:
+		case !exists:
 			return nil
 		case !state.IsCompleted():
 			return fmt.Errorf("%s %w", id, ErrStillRunning)
