@@ -289,11 +289,21 @@ func (p *handlerProcess) forward(t *testing.T, method, path, body string) (int, 
 // returns the function's HTTP output from the reply, and the reply's Logs.
 func (p *handlerProcess) invoke(t *testing.T, function, method, url, body string, params map[string]string) (res map[string]any, logs []string) {
 	t.Helper()
+	return p.invokeWith(t, function, method, url, body, params, nil)
+}
+
+// invokeWith is invoke with more request headers.
+func (p *handlerProcess) invokeWith(t *testing.T, function, method, url, body string, params, headers map[string]string) (res map[string]any, logs []string) {
+	t.Helper()
+	h := map[string][]string{"Content-Type": {"application/json"}, "Host": {"localhost:7071"}}
+	for k, v := range headers {
+		h[k] = []string{v}
+	}
 	req := map[string]any{
 		"Url":        url,
 		"Method":     method,
 		"Query":      map[string]string{},
-		"Headers":    map[string][]string{"Content-Type": {"application/json"}, "Host": {"localhost:7071"}},
+		"Headers":    h,
 		"Params":     params,
 		"Identities": []any{},
 	}

@@ -322,16 +322,24 @@ var runtimeStatusNames = map[api.OrchestrationStatus]string{
 	api.RUNTIME_STATUS_SUSPENDED:        "Suspended",
 }
 
-// Status is status: GET reports an instance's state, answering 202 with
-// where to poll again while it has not finished and 200 once it has; POST
+// Status is status: GET lists instances, or reports one instance's state,
+// answering 202 with where to poll again while it has not finished and 200
+// once it has; POST
 // …/terminate, …/suspend, …/resume and …/restart manage it, and DELETE
 // purges it.
 func Status(hub taskhub.Client, s Settings) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// A browser gets a page here, any other client JSON.
+		w.Header().Add("Vary", "Accept")
 		vars := mux.Vars(r)
 		id, action := vars["instanceId"], strings.ToLower(vars["action"])
 		if id == "" {
-			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusBadRequest, "no instance id in the request"))
+			if r.Method != http.MethodGet {
+				w.Header().Set("Allow", "GET")
+				httpjson.RenderError(w, r, httpjson.Errorf(http.StatusMethodNotAllowed, "%s is not allowed on the instance list: use GET, or name an instance", r.Method))
+				return
+			}
+			listInstances(w, r, hub)
 			return
 		}
 		allowed := map[string]string{"": "GET, DELETE", "terminate": "POST", "suspend": "POST", "resume": "POST", "restart": "POST"}[action]
@@ -401,6 +409,16 @@ func Status(hub taskhub.Client, s Settings) http.Handler {
 
 // renderStatus answers a status query for md.
 func renderStatus(w http.ResponseWriter, r *http.Request, md *api.OrchestrationMetadata, statusURL StatusURL, showInput bool) {
+	status := http.StatusOK
+	if !md.IsComplete() {
+		status = http.StatusAccepted
+		w.Header().Set("Location", statusURL(r, string(md.InstanceID)))
+		w.Header().Set("Retry-After", retryAfterRunning)
+	}
+	httpjson.Write(w, status, newStatusBody(md, showInput))
+}
+
+func newStatusBody(md *api.OrchestrationMetadata, showInput bool) statusBody {
 	body := statusBody{
 		Name:            md.Name,
 		InstanceID:      string(md.InstanceID),
@@ -417,13 +435,7 @@ func renderStatus(w http.ResponseWriter, r *http.Request, md *api.OrchestrationM
 		// As in Durable Functions, a failed instance's output is its failure message.
 		body.Output, _ = json.Marshal(md.FailureDetails.GetErrorMessage())
 	}
-	status := http.StatusOK
-	if !md.IsComplete() {
-		status = http.StatusAccepted
-		w.Header().Set("Location", statusURL(r, string(md.InstanceID)))
-		w.Header().Set("Retry-After", retryAfterRunning)
-	}
-	httpjson.Write(w, status, body)
+	return body
 }
 
 // renderHubError renders a failed task hub call. A scheduler that cannot be
@@ -456,5 +468,6 @@ func timestamp(t time.Time) string {
 	if t.IsZero() {
 		return ""
 	}
-	return t.UTC().Format(time.RFC3339)
+	// ISO 8601 in UTC, as Durable Functions writes it, to the millisecond.
+	return t.UTC().Format("2006-01-02T15:04:05.000Z07:00")
 }

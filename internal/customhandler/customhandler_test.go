@@ -67,7 +67,7 @@ func TestLoadFunctionsRepository(t *testing.T) {
 	}
 	want := []Function{
 		{Name: "fan_out_fan_in", Methods: []string{"POST"}, Route: "fan_out_fan_in", Trigger: "req", Output: "res"},
-		{Name: "status", Methods: []string{"GET", "POST", "DELETE"}, Route: "status/{instanceId}/{action?}", Params: []string{"instanceId", "action"}, Trigger: "req", Output: "res"},
+		{Name: "status", Methods: []string{"GET", "POST", "DELETE"}, Route: "status/{instanceId?}/{action?}", Params: []string{"instanceId", "action"}, Trigger: "req", Output: "res"},
 	}
 	if got, want := len(fns), len(want); got != want {
 		t.Fatalf("number of functions: got %d (%+v), want %d", got, fns, want)

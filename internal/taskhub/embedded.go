@@ -65,6 +65,11 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
 	}
 	be.activities = batches
+	lister, err := openInstanceLister(cfg.EmbeddedFile)
+	if err != nil {
+		stopWork()
+		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
+	}
 
 	exec := hubExecutor{Executor: task.NewTaskExecutor(registry), log: log, work: workCtx}
 	orchestrations := backend.NewOrchestrationWorker(be, exec, dtLog, backend.WithMaxParallelism(int32(cfg.MaxConcurrentOrchestrations)))
@@ -131,6 +136,7 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 		}
 		closed := make(chan result, 1)
 		go func() {
+			lister.close()
 			checkpointed, err := batches.close(ctx)
 			closed <- result{checkpointed, err}
 		}()
@@ -146,7 +152,7 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 			return errors.Join(handedBack, fmt.Errorf("closing the hub file: %w", ctx.Err()))
 		}
 	}
-	return &Hub{Client: embeddedClient{c: backend.NewTaskHubClient(be), be: be}, close: closeHub}, nil
+	return &Hub{Client: embeddedClient{c: backend.NewTaskHubClient(be), be: be, lister: lister}, close: closeHub}, nil
 }
 
 // createTaskHubShared is createTaskHub, tried again for up to
@@ -190,8 +196,9 @@ func createTaskHub(ctx context.Context, be backend.Backend) (err error) {
 // embeddedClient fits the in-process client to Client. It always returns
 // payloads, so the fetch options have nothing to change.
 type embeddedClient struct {
-	c  backend.TaskHubClient
-	be backend.Backend
+	c      backend.TaskHubClient
+	be     backend.Backend
+	lister *instanceLister
 }
 
 func (e embeddedClient) ScheduleNewOrchestration(ctx context.Context, orchestrator string, opts ...api.NewOrchestrationOptions) (api.InstanceID, error) {

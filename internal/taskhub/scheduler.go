@@ -122,7 +122,11 @@ func (g grpcClient) FetchOrchestrationMetadata(ctx context.Context, id api.Insta
 	if !f.boolean("exists") {
 		return nil, api.ErrInstanceNotFound
 	}
-	st := f.msg("orchestrationState")
+	return orchestrationMetadata(f.msg("orchestrationState")), nil
+}
+
+// orchestrationMetadata reads an OrchestrationState.
+func orchestrationMetadata(st fields) *api.OrchestrationMetadata {
 	md := &api.OrchestrationMetadata{
 		InstanceID:             api.InstanceID(st.str("instanceId")),
 		Name:                   st.str("name"),
@@ -136,7 +140,7 @@ func (g grpcClient) FetchOrchestrationMetadata(ctx context.Context, id api.Insta
 	if st.has("failureDetails") {
 		md.FailureDetails = st.msg("failureDetails").m.Interface().(*backend.TaskFailureDetails)
 	}
-	return md, nil
+	return md
 }
 
 func stringValue(f fields, name protoreflect.Name) string {

@@ -29,6 +29,10 @@ type Client interface {
 	// started, returning how many were deleted: api.ErrInstanceNotFound if
 	// there is no such instance, ErrStillRunning if one has not finished.
 	PurgeInstance(ctx context.Context, id api.InstanceID) (int, error)
+	// ListInstances returns a page of the instances q selects:
+	// ErrListUnsupported if the backend cannot list them,
+	// ErrBadContinuationToken for a token it did not issue.
+	ListInstances(ctx context.Context, q Query) (Page, error)
 }
 
 // Hub is an open task hub: a client, and a worker running in this process.
