@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -108,5 +109,54 @@ func TestCloseReturnsByItsDeadlineWhenAnActivityIgnoresItsContext(t *testing.T) 
 	md := waitComplete(t, hub.Client, id, 20*time.Second) // the lock would hold it for an hour
 	if !strings.Contains(md.SerializedOutput, `"processed_items":["Processed_a"]`) {
 		t.Errorf("output: %s", md.SerializedOutput)
+	}
+}
+
+// A page of the listing ends early once its payloads pass 8 MiB, with a
+// token that leads on to the rest, so that instances with large inputs or
+// outputs cannot make one answer of any size.
+func TestListingPagesEndAtTheirSizeBound(t *testing.T) {
+	ctx := context.Background()
+	// No orchestrators registered: the instances stay as they were created.
+	hub, err := taskhub.Open(ctx, hubConfig(filepath.Join(t.TempDir(), "x.sqlite")), task.NewTaskRegistry(), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(ctx)
+	big := strings.Repeat("x", 3<<20)
+	var ids []api.InstanceID
+	for range 5 {
+		id, err := hub.Client.ScheduleNewOrchestration(ctx, "unregistered", api.WithInput(big))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+		time.Sleep(2 * time.Millisecond) // distinct creation times, for the order checked below
+	}
+	var got []api.InstanceID
+	q := taskhub.Query{PageSize: 100, FetchInput: true}
+	for pages := 1; ; pages++ {
+		page, err := hub.Client.ListInstances(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// 3 MiB inputs: the page holds the one that passes 8 MiB, then ends.
+		if want := min(3, 5-len(got)); len(page.Instances) != want {
+			t.Errorf("page %d: %d instances, want %d", pages, len(page.Instances), want)
+		}
+		for _, md := range page.Instances {
+			got = append(got, md.InstanceID)
+		}
+		if page.ContinuationToken == "" {
+			break
+		}
+		q.ContinuationToken = page.ContinuationToken
+	}
+	slices.Reverse(ids)
+	if !slices.Equal(got, ids) {
+		t.Errorf("listed %v, want every instance once, newest first: %v", got, ids)
+	}
+	if page, err := hub.Client.ListInstances(ctx, taskhub.Query{PageSize: 100}); err != nil || len(page.Instances) != 5 || page.Instances[0].SerializedInput != "" {
+		t.Errorf("without inputs all 5 fit one page, with no input: %d instances, %v", len(page.Instances), err)
 	}
 }

@@ -220,8 +220,8 @@ func (g grpcClient) ListInstances(ctx context.Context, q Query) (Page, error) {
 	}
 }
 
-// queryInstances asks for at most n instances, fewer when the answer would
-// be larger than a gRPC message may be.
+// queryInstances asks for at most n instances, and no more than one
+// message can hold.
 func (g grpcClient) queryInstances(ctx context.Context, q Query, n int, token string) ([]*api.OrchestrationMetadata, string, error) {
 	req := newMessage("QueryInstancesRequest")
 	query := fieldsOf(req).mutable("query")
@@ -243,29 +243,31 @@ func (g grpcClient) queryInstances(ctx context.Context, q Query, n int, token st
 	}
 	// Outputs hold the summaries; inputs come along with them.
 	query.set("fetchInputsAndOutputs", true)
-	for {
-		query.set("maxInstanceCount", int32(n))
-		res := newMessage("QueryInstancesResponse")
-		err := g.conn.Invoke(ctx, method("QueryInstances"), req, res)
+	query.set("maxInstanceCount", int32(min(n, g.queryBatch)))
+	res := newMessage("QueryInstancesResponse")
+	if err := g.conn.Invoke(ctx, method("QueryInstances"), req, res); err != nil {
 		// The upstream v0.6.0 sidecar answers with a plain error.
-		unimplemented := status.Code(err) == codes.Unknown && status.Convert(err).Message() == "unimplemented"
-		switch code := status.Code(err); {
-		case code == codes.Unimplemented || unimplemented:
+		code, msg := status.Code(err), status.Convert(err).Message()
+		switch {
+		case code == codes.Unimplemented || code == codes.Unknown && msg == "unimplemented":
 			return nil, "", fmt.Errorf("%w: the scheduler at %s does not implement QueryInstances", ErrListUnsupported, g.endpoint)
-		case code == codes.ResourceExhausted && n > 1:
-			n /= 2
-			continue
 		case code == codes.InvalidArgument && token != "":
-			return nil, "", fmt.Errorf("%w (%s)", ErrBadContinuationToken, status.Convert(err).Message())
-		case err != nil:
-			return nil, "", g.unavailable(ctx, err)
+			return nil, "", fmt.Errorf("%w (%s)", ErrBadContinuationToken, msg)
 		}
-		f := fieldsOf(res)
-		list := f.m.Get(f.fd("orchestrationState")).List()
-		states := make([]*api.OrchestrationMetadata, list.Len())
-		for i := range states {
-			states[i] = orchestrationMetadata(fields{list.Get(i).Message()})
-		}
-		return states, stringValue(f, "continuationToken"), nil
+		return nil, "", g.unavailable(ctx, err)
 	}
+	f := fieldsOf(res)
+	list := f.m.Get(f.fd("orchestrationState")).List()
+	states := make([]*api.OrchestrationMetadata, list.Len())
+	for i := range states {
+		states[i] = orchestrationMetadata(fields{list.Get(i).Message()})
+	}
+	return states, stringValue(f, "continuationToken"), nil
+}
+
+// queryBatch is how many instances one QueryInstances asks for, so that
+// the answer fits the gRPC message we take even if each instance's input,
+// output and custom status are as large as a payload may be.
+func queryBatch(maxPayloadBytes int) int {
+	return max(1, maxReceiveBytes/(3*maxPayloadBytes+64<<10))
 }

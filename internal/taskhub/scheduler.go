@@ -63,7 +63,7 @@ func openScheduler(cfg config.TaskHub, exec backend.Executor, log zerolog.Logger
 		Msg("task hub open")
 
 	dtLog := logging.DurableTask{Log: log.With().Str("component", "durabletask").Logger()}
-	c := grpcClient{c: client.NewTaskHubGrpcClient(clientConn, dtLog), conn: clientConn, endpoint: s.Host, hub: cfg.Name}
+	c := grpcClient{c: client.NewTaskHubGrpcClient(clientConn, dtLog), conn: clientConn, endpoint: s.Host, hub: cfg.Name, queryBatch: queryBatch(cfg.MaxPayloadBytes)}
 	closeHub := func(ctx context.Context) error {
 		err := w.stop(ctx)
 		return errors.Join(err, workerConn.Close(), clientConn.Close())
@@ -92,6 +92,8 @@ type grpcClient struct {
 	conn     *grpc.ClientConn
 	endpoint string
 	hub      string
+	// queryBatch bounds the instances one QueryInstances asks for.
+	queryBatch int
 }
 
 func (g grpcClient) ScheduleNewOrchestration(ctx context.Context, orchestrator string, opts ...api.NewOrchestrationOptions) (api.InstanceID, error) {
