@@ -178,6 +178,7 @@ func (p *handlerProcess) waitReady(t *testing.T) {
 	for time.Now().Before(deadline) {
 		select {
 		case err := <-p.exited:
+			p.exited <- err // for the cleanup, which waits for it
 			t.Fatalf("handler exited before it was ready: %v\nstderr: %s", err, p.stderr)
 		default:
 		}
