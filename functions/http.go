@@ -333,6 +333,10 @@ func Status(hub taskhub.Client, s Settings) http.Handler {
 		w.Header().Add("Vary", "Accept")
 		vars := mux.Vars(r)
 		id, action := vars["instanceId"], strings.ToLower(vars["action"])
+		if r.Method == http.MethodGet && action == "" && wantsHTML(r) {
+			servePage(w, r, id)
+			return
+		}
 		if id == "" {
 			if r.Method != http.MethodGet {
 				w.Header().Set("Allow", "GET")

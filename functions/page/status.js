@@ -1,0 +1,670 @@
+// The status page. Everything it shows comes from the status function's JSON
+// API, and it builds the DOM with createElement and textContent only:
+// instance data (item names are user input) is never parsed as HTML.
+'use strict';
+
+const REFRESH_MS = 1500;
+const PARTITION = 'fan_out_fan_in_partition';
+const FINISHED = new Set(['Completed', 'Failed', 'Terminated', 'Canceled']);
+const STATUSES = new Set(['Pending', 'Running', 'Completed', 'ContinuedAsNew', 'Failed', 'Canceled', 'Terminated', 'Suspended']);
+
+const $ = (id) => document.getElementById(id);
+
+// Behind the Functions host the page is opened with a function key, ?code=…,
+// which every call and link must carry as well.
+const pageParams = new URLSearchParams(location.search);
+const code = pageParams.get('code');
+const instanceId = document.body.dataset.instanceId || '';
+// Instances a page in the list: ?top=N, as the API has it.
+const pageSize = Math.min(Math.max(Number.parseInt(pageParams.get('top'), 10) || 20, 1), 1000);
+// The status function's URL, found from where this page is, since the route
+// prefix is configurable: the list is served at it, an instance one segment
+// below.
+const here = location.pathname.replace(/\/+$/, '');
+const statusBase = instanceId ? here.slice(0, here.lastIndexOf('/')) : here;
+
+function withCode(path, query = {}) {
+  const url = new URL(path, location.origin);
+  for (const [k, v] of Object.entries(query)) {
+    if (v !== undefined && v !== null && v !== '') url.searchParams.set(k, v);
+  }
+  if (code !== null) url.searchParams.set('code', code);
+  return url.pathname + url.search;
+}
+// Partition ids hold a colon, which is fine to leave as it is in a path.
+const instancePath = (id) => statusBase + '/' + encodeURIComponent(id).replace(/%3A/gi, ':');
+const instanceHref = (id) => withCode(instancePath(id));
+const listHref = () => withCode(statusBase);
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// The server's clock, as far as its Date header tells, so that the elapsed
+// time of a running instance does not depend on this machine's clock.
+let clockOffset = 0;
+
+async function api(method, path, query = {}, headers = {}) {
+  let res;
+  try {
+    res = await fetch(withCode(path, query), {
+      method,
+      headers: { Accept: 'application/json', ...headers },
+      cache: 'no-store',
+    });
+  } catch (e) {
+    throw new ApiError(0, 'The handler cannot be reached (' + e.message + '); trying again.');
+  }
+  let body = null;
+  try {
+    body = await res.json();
+  } catch {
+    // Not JSON: the status line below says what happened.
+  }
+  if (!res.ok) {
+    const message = body && typeof body.error === 'string' ? body.error : `HTTP ${res.status} ${res.statusText}`.trim();
+    throw new ApiError(res.status, message);
+  }
+  const date = Date.parse(res.headers.get('Date') || '');
+  // The header has whole seconds only: correct just the clearly wrong clocks.
+  if (!Number.isNaN(date)) clockOffset = Math.abs(date - Date.now()) > 3000 ? date - Date.now() : 0;
+  return { body, headers: res.headers };
+}
+
+// --- Formatting -----------------------------------------------------------
+
+const numberFormat = new Intl.NumberFormat(undefined, { maximumFractionDigits: 2 });
+const fmtNumber = (n) => (typeof n === 'number' && Number.isFinite(n) ? numberFormat.format(n) : '–');
+
+function fmtDuration(ms) {
+  if (!Number.isFinite(ms) || ms < 0) return '–';
+  const s = ms / 1000;
+  if (s < 10) return numberFormat.format(Math.round(s * 10) / 10) + ' s';
+  if (s < 60) return Math.round(s) + ' s';
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min ${Math.round(s % 60)} s`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+const parseTime = (iso) => (typeof iso === 'string' && iso ? Date.parse(iso) : NaN);
+
+function timeElement(iso) {
+  const t = document.createElement('time');
+  const ms = parseTime(iso);
+  if (Number.isNaN(ms)) {
+    t.textContent = '–';
+    return t;
+  }
+  const d = new Date(ms);
+  t.dateTime = d.toISOString();
+  t.title = d.toISOString();
+  const today = d.toDateString() === new Date().toDateString();
+  t.textContent = today
+    ? d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit' })
+    : d.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+  return t;
+}
+
+// --- What an instance's status says ---------------------------------------
+
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+// progressOf is {completed, total}, either null when not known yet.
+function progressOf(st) {
+  const cs = isObject(st.customStatus) ? st.customStatus : {};
+  let completed = Number.isFinite(cs.completed) ? cs.completed : null;
+  let total = Number.isFinite(cs.total) ? cs.total : null;
+  if (st.runtimeStatus === 'Completed') {
+    const out = isObject(st.output) ? st.output : {};
+    const n = (out.total_items_processed || 0) + (out.total_items_failed || 0);
+    if (total === null && n > 0) total = n;
+    completed = total;
+  }
+  return { completed, total };
+}
+
+// timing is how long the instance has run (until its last update once it
+// has finished) and how many items a second it got through.
+function timing(st) {
+  const created = parseTime(st.createdTime);
+  const end = FINISHED.has(st.runtimeStatus) ? parseTime(st.lastUpdatedTime) : Date.now() + clockOffset;
+  const elapsed = Math.max(0, end - created);
+  const { completed } = progressOf(st);
+  // Under half a second, a rate would be mostly noise.
+  const rate = completed !== null && elapsed >= 500 ? completed / (elapsed / 1000) : null;
+  return { elapsed: Number.isNaN(created) ? NaN : elapsed, rate };
+}
+
+function badge(status) {
+  const b = document.createElement('span');
+  const known = STATUSES.has(status);
+  b.className = 'badge s-' + (known ? status.toLowerCase() : 'pending');
+  b.textContent = known ? status : String(status || 'Unknown');
+  return b;
+}
+
+function progressElement(st, label) {
+  const p = document.createElement('progress');
+  const { completed, total } = progressOf(st);
+  p.className = 's-' + String(st.runtimeStatus || '').toLowerCase();
+  if (label) p.setAttribute('aria-label', label);
+  if (total !== null) {
+    p.max = Math.max(total, 1);
+    p.value = Math.min(completed || 0, p.max);
+  } // else indeterminate: no value
+  return p;
+}
+
+function progressText(st) {
+  const { completed, total } = progressOf(st);
+  if (total === null) return FINISHED.has(st.runtimeStatus) ? 'No progress recorded' : 'Starting…';
+  const pct = total > 0 ? Math.floor((completed / total) * 100) : 100;
+  return `${fmtNumber(completed)} of ${fmtNumber(total)} items · ${pct} %`;
+}
+
+// resultText is one line about a finished instance, for the list.
+function resultText(st) {
+  const out = st.output;
+  switch (st.runtimeStatus) {
+    case 'Completed':
+      if (!isObject(out)) return 'Completed';
+      return out.total_items_failed
+        ? `${fmtNumber(out.total_items_processed)} processed, ${fmtNumber(out.total_items_failed)} failed`
+        : `${fmtNumber(out.total_items_processed)} processed`;
+    case 'Failed':
+      return typeof out === 'string' ? out : 'Failed';
+    case 'Terminated':
+      return typeof out === 'string' && out ? 'Reason: ' + out : 'Terminated';
+    default:
+      return '';
+  }
+}
+
+function cell(content, className) {
+  const td = document.createElement('td');
+  if (className) td.className = className;
+  if (content instanceof Node) td.append(content);
+  else td.textContent = content;
+  return td;
+}
+
+function link(text, href) {
+  const a = document.createElement('a');
+  a.href = href;
+  a.textContent = text;
+  return a;
+}
+
+function progressCell(st, label) {
+  const td = cell('', 'cell-progress');
+  const text = document.createElement('span');
+  text.textContent = progressText(st);
+  td.append(progressElement(st, label), text);
+  return td;
+}
+
+// replaceRows swaps a table body's rows, keeping keyboard focus on the same
+// link if it was on one: the tables are redrawn every refresh.
+function replaceRows(tbody, rows) {
+  const focused = tbody.contains(document.activeElement) ? document.activeElement.getAttribute('href') : null;
+  tbody.replaceChildren(...rows);
+  if (focused) {
+    const again = [...tbody.querySelectorAll('a')].find((a) => a.getAttribute('href') === focused);
+    if (again) again.focus();
+  }
+}
+
+function emptyRow(columns, text) {
+  const tr = document.createElement('tr');
+  const td = cell(text, 'empty');
+  td.colSpan = columns;
+  tr.append(td);
+  return tr;
+}
+
+// --- Messages -------------------------------------------------------------
+
+// showError shows why the page cannot show what it should; the next
+// refresh that works clears it. Errors of actions the user took go to
+// another place, #action-error, and stay until the next action.
+function showError(message, where = 'notice') {
+  const n = $(where);
+  // Set only on a change, so that a screen reader hears it once.
+  if (n.textContent !== message) n.textContent = message;
+  n.hidden = false;
+}
+
+function clearError(where = 'notice') {
+  $(where).hidden = true;
+  $(where).textContent = '';
+}
+
+let flashTimer = 0;
+function flash(message) {
+  $('flash').textContent = message;
+  clearTimeout(flashTimer);
+  flashTimer = setTimeout(() => { $('flash').textContent = ''; }, 6000);
+}
+
+// --- Refreshing -----------------------------------------------------------
+
+// poller runs step now and then every REFRESH_MS for as long as step says
+// to go on, one step at a time, and not while the tab is hidden.
+function poller(step) {
+  let timer = 0;
+  let busy = false;
+  let again = false;
+  let active = true;
+  async function run() {
+    clearTimeout(timer);
+    timer = 0;
+    if (busy) {
+      again = true;
+      return;
+    }
+    if (document.hidden) return; // visibilitychange starts it again
+    busy = true;
+    try {
+      active = await step();
+    } catch (e) {
+      showError(e.message);
+    } finally {
+      busy = false;
+    }
+    if (again) {
+      again = false;
+      run();
+    } else if (active) {
+      timer = setTimeout(run, REFRESH_MS);
+    }
+  }
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden && active && !busy && !timer) run();
+  });
+  return {
+    run() {
+      active = true;
+      run();
+    },
+  };
+}
+
+// --- The list of instances -------------------------------------------------
+
+function listView() {
+  $('list-view').hidden = false;
+  // The continuation token of each page seen so far, to go back and forth.
+  const state = { tokens: [null], page: 0 };
+  const body = $('list-body');
+  const poll = poller(refresh);
+
+  async function refresh() {
+    const query = {
+      top: pageSize,
+      runtimeStatus: $('filter-status').value,
+      showPartitions: $('filter-partitions').checked ? 'true' : '',
+    };
+    const token = state.tokens[state.page];
+    let res;
+    try {
+      res = await api('GET', statusBase, query, token ? { 'x-ms-continuation-token': token } : {});
+    } catch (e) {
+      if (e.status === 501) {
+        // This task hub cannot list instances; that will not change.
+        $('list-wrap').hidden = true;
+        $('list-message').textContent = e.message + ' Open an instance by its id instead.';
+        clearError();
+        return false;
+      }
+      showError(e.message);
+      return true;
+    }
+    clearError();
+    if (!Array.isArray(res.body)) {
+      showError('The list of instances is not a JSON array.');
+      return true;
+    }
+    const next = res.headers.get('x-ms-continuation-token');
+    state.tokens.length = state.page + 1;
+    if (next) state.tokens.push(next);
+    render(res.body);
+    return true;
+  }
+
+  function render(instances) {
+    const rows = instances.filter(isObject).map((st) => {
+      const tr = document.createElement('tr');
+      const { elapsed, rate } = timing(st);
+      const id = String(st.instanceId ?? '');
+      tr.append(
+        cell(link(id, instanceHref(id)), 'id'),
+        cell(badge(st.runtimeStatus)),
+        progressCell(st, 'Progress of ' + id),
+        cell(rate === null ? '–' : fmtNumber(rate), 'num'),
+        cell(fmtDuration(elapsed), 'num'),
+        cell(timeElement(st.createdTime), 'when'),
+        cell(resultText(st), 'result'),
+      );
+      return tr;
+    });
+    replaceRows(body, rows.length ? rows : [emptyRow(7, state.page ? 'No more instances.' : 'No instances match.')]);
+    $('list-wrap').hidden = false;
+    const first = state.page * pageSize + 1;
+    $('list-message').textContent = rows.length ? `Instances ${first} to ${first + rows.length - 1}, newest first.` : '';
+    $('page-label').textContent = 'Page ' + (state.page + 1);
+    $('prev').disabled = state.page === 0;
+    $('next').disabled = state.tokens.length <= state.page + 1;
+  }
+
+  const fromFirstPage = () => {
+    state.tokens = [null];
+    state.page = 0;
+    poll.run();
+  };
+  $('filter-status').addEventListener('change', fromFirstPage);
+  $('filter-partitions').addEventListener('change', fromFirstPage);
+  $('prev').addEventListener('click', () => {
+    if (state.page > 0) state.page--;
+    poll.run();
+  });
+  $('next').addEventListener('click', () => {
+    if (state.tokens.length > state.page + 1) state.page++;
+    poll.run();
+  });
+  $('open-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const id = $('open-id').value.trim();
+    if (id) location.assign(instanceHref(id));
+  });
+  poll.run();
+}
+
+// --- One instance ---------------------------------------------------------
+
+const ACTIONS = {
+  suspend: {
+    title: 'Suspend this instance?',
+    text: 'No more items start. Items already running finish, and their results wait until the instance is resumed.',
+    ok: 'Suspend', reason: true, when: (s) => s === 'Running' || s === 'Pending',
+    done: 'Suspend requested.',
+  },
+  resume: {
+    title: 'Resume this instance?',
+    text: 'The run goes on from where it stopped.',
+    ok: 'Resume', reason: true, when: (s) => s === 'Suspended',
+    done: 'Resume requested.',
+  },
+  terminate: {
+    title: 'Terminate this instance?',
+    text: 'The instance and its partitions stop and end as Terminated, with the reason as their output. This cannot be undone.',
+    ok: 'Terminate', reason: true, danger: true, when: (s) => s === 'Running' || s === 'Pending' || s === 'Suspended',
+    done: 'Terminate requested.',
+  },
+  restart: {
+    title: 'Restart this instance?',
+    text: 'A new instance starts with the same work items; this one stays as it is.',
+    ok: 'Restart', when: () => true,
+  },
+  purge: {
+    title: 'Purge this instance?',
+    text: 'The instance and its partitions are deleted, with their history and results. This cannot be undone.',
+    ok: 'Purge', danger: true, when: (s) => FINISHED.has(s),
+  },
+};
+
+function instanceView() {
+  $('instance-view').hidden = false;
+  let listUnsupported = ''; // why the partitions cannot be listed
+  let lastStatus = '';
+  const poll = poller(refresh);
+
+  async function refresh() {
+    let st;
+    try {
+      st = (await api('GET', instancePath(instanceId), { showInput: 'false' })).body;
+    } catch (e) {
+      showError(e.message);
+      if (e.status === 404) {
+        // Gone, or never there: nothing more to wait for.
+        $('details').hidden = true;
+        return false;
+      }
+      return true;
+    }
+    clearError();
+    if (!isObject(st)) {
+      showError('The instance status is not a JSON object.');
+      return true;
+    }
+    $('details').hidden = false;
+    render(st);
+    if (st.name !== PARTITION) await refreshPartitions(st);
+    // A finished instance does not change: this was the last look.
+    return !FINISHED.has(st.runtimeStatus);
+  }
+
+  function render(st) {
+    const status = String(st.runtimeStatus || '');
+    if (status !== lastStatus) {
+      $('status').replaceChildren(badge(status));
+      lastStatus = status;
+    }
+    const out = isObject(st.output) ? st.output : null;
+    const outcome = status === 'Completed' && out && out.success === false
+      ? `${fmtNumber(out.total_items_failed)} ${out.total_items_failed === 1 ? 'item' : 'items'} failed`
+      : '';
+    if ($('outcome').textContent !== outcome) {
+      $('outcome').replaceChildren();
+      if (outcome) {
+        const b = document.createElement('span');
+        b.className = 'badge s-warning';
+        b.textContent = outcome;
+        $('outcome').append(b);
+      }
+    }
+    $('orchestration').textContent = st.name ? 'Orchestration ' + st.name : '';
+
+    const bar = progressElement(st);
+    const p = $('progress');
+    p.className = bar.className;
+    if (bar.hasAttribute('value')) {
+      p.max = bar.max;
+      p.value = bar.value;
+    } else {
+      p.removeAttribute('value');
+    }
+    $('progress-text').textContent = progressText(st);
+
+    const { elapsed, rate } = timing(st);
+    $('rate').textContent = rate === null ? '–' : fmtNumber(rate);
+    $('elapsed').textContent = fmtDuration(elapsed);
+    $('created').replaceChildren(timeElement(st.createdTime));
+    $('updated').replaceChildren(timeElement(st.lastUpdatedTime));
+
+    const partition = st.name === PARTITION;
+    let any = false;
+    for (const button of $('actions').querySelectorAll('button')) {
+      // A partition is managed through its fan-out.
+      button.hidden = partition || !ACTIONS[button.dataset.action].when(status);
+      any ||= !button.hidden;
+    }
+    $('actions').hidden = !any;
+    renderResult(st, status, out);
+    document.title = `${status || 'Instance'} · ${instanceId} · Fan-out/fan-in`;
+  }
+
+  function renderResult(st, status, out) {
+    const summary = $('summary');
+    const failure = $('failure');
+    const facts = [];
+    failure.hidden = true;
+    if (status === 'Completed' && out) {
+      facts.push(
+        ['Processed', fmtNumber(out.total_items_processed), 'good'],
+        ['Failed', fmtNumber(out.total_items_failed), out.total_items_failed ? 'bad' : ''],
+        ['Total value', fmtNumber(out.total_value)],
+        ['Average value', fmtNumber(out.average_value)],
+        ['Processing time', fmtDuration((out.total_processing_time || 0) * 1000)],
+      );
+      if (out.partitions) facts.push(['Partitions', fmtNumber(out.partitions)]);
+    } else if (status === 'Failed' || status === 'Terminated') {
+      const text = typeof st.output === 'string' ? st.output : st.output === null ? '' : JSON.stringify(st.output);
+      const head = document.createElement('strong');
+      head.textContent = status === 'Failed' ? 'The orchestration failed' : 'Terminated';
+      failure.replaceChildren(head, text || (status === 'Failed' ? 'No message.' : 'No reason given.'));
+      failure.hidden = false;
+    }
+    summary.replaceChildren(...facts.map(([term, value, tone]) => {
+      const div = document.createElement('div');
+      if (tone) div.className = tone;
+      const dt = document.createElement('dt');
+      dt.textContent = term;
+      const dd = document.createElement('dd');
+      dd.textContent = value;
+      div.append(dt, dd);
+      return div;
+    }));
+    summary.hidden = facts.length === 0;
+    $('result').hidden = facts.length === 0 && failure.hidden;
+
+    const failed = out && Array.isArray(out.failed_items) ? out.failed_items.filter(isObject) : [];
+    const omitted = out && out.failed_items_omitted ? out.failed_items_omitted : 0;
+    $('failed').hidden = failed.length === 0 && !omitted;
+    $('failed-note').textContent = omitted
+      ? `${fmtNumber(omitted)} more failed ${omitted === 1 ? 'item is' : 'items are'} not listed.`
+      : '';
+    $('failed-body').replaceChildren(...failed.map((f) => {
+      const tr = document.createElement('tr');
+      tr.append(
+        cell(fmtNumber(f.index), 'num'),
+        cell(String(f.item ?? ''), 'item'),
+        cell(String(f.error ?? ''), 'err'),
+        cell(fmtNumber(f.attempts), 'num'),
+      );
+      return tr;
+    }));
+  }
+
+  // refreshPartitions lists the instance's partitions, <id>:p0, :p1, …, if
+  // it has any.
+  async function refreshPartitions(st) {
+    const section = $('partitions');
+    const partitioned = isObject(st.output) && st.output.partitions > 0;
+    const cannotList = (message) => {
+      // Worth saying only when there are partitions to list.
+      section.hidden = !partitioned;
+      $('partitions-message').textContent = 'Partitions cannot be listed: ' + message;
+      $('partitions-body').replaceChildren();
+      $('partitions-wrap').hidden = true;
+    };
+    if (listUnsupported) {
+      cannotList(listUnsupported);
+      return;
+    }
+    let all = [];
+    try {
+      let token = null;
+      // At most ten pages of 100: a fan-out of 100,000 items has 100.
+      for (let page = 0; page < 10; page++) {
+        const res = await api('GET', statusBase,
+          { showPartitions: 'true', instanceIdPrefix: instanceId + ':p', top: 100 },
+          token ? { 'x-ms-continuation-token': token } : {});
+        if (!Array.isArray(res.body)) throw new ApiError(0, 'The list of partitions is not a JSON array.');
+        all = all.concat(res.body.filter(isObject));
+        token = res.headers.get('x-ms-continuation-token');
+        if (!token) break;
+      }
+    } catch (e) {
+      // A task hub that cannot list instances (501) will not learn to.
+      if (e.status === 501) listUnsupported = e.message;
+      cannotList(e.message);
+      return;
+    }
+    $('partitions-wrap').hidden = false;
+    const number = (p) => Number(String(p.instanceId).slice(instanceId.length + 2));
+    all = all.filter((p) => /^\d+$/.test(String(p.instanceId).slice(instanceId.length + 2)))
+      .sort((a, b) => number(a) - number(b));
+    section.hidden = all.length === 0;
+    $('partitions-message').textContent = all.length
+      ? `${all.length} ${all.length === 1 ? 'partition' : 'partitions'}, ${all.filter((p) => FINISHED.has(p.runtimeStatus)).length} finished.`
+      : '';
+    replaceRows($('partitions-body'), all.map((p) => {
+      const tr = document.createElement('tr');
+      const { elapsed, rate } = timing(p);
+      tr.append(
+        cell(link('p' + number(p), instanceHref(p.instanceId)), 'id'),
+        cell(badge(p.runtimeStatus)),
+        progressCell(p, 'Progress of partition ' + number(p)),
+        cell(rate === null ? '–' : fmtNumber(rate), 'num'),
+        cell(fmtDuration(elapsed), 'num'),
+      );
+      return tr;
+    }));
+  }
+
+  // Management: each action asks first, in a modal dialog.
+  const dialog = $('confirm');
+  let pending = '';
+  for (const button of $('actions').querySelectorAll('button')) {
+    button.addEventListener('click', () => {
+      const a = ACTIONS[button.dataset.action];
+      pending = button.dataset.action;
+      $('confirm-title').textContent = a.title;
+      $('confirm-text').textContent = a.text;
+      $('reason-field').hidden = !a.reason;
+      $('reason').value = '';
+      $('confirm-ok').textContent = a.ok;
+      $('confirm-ok').className = a.danger ? 'danger' : 'primary';
+      dialog.showModal();
+      // Focus the reason, or Cancel rather than the action itself.
+      (a.reason ? $('reason') : $('confirm-cancel')).focus();
+    });
+  }
+  $('confirm-cancel').addEventListener('click', () => dialog.close());
+  $('confirm-form').addEventListener('submit', (e) => {
+    e.preventDefault(); // the page's CSP allows no form submission
+    const action = pending;
+    const reason = $('reason').value.trim();
+    dialog.close();
+    manage(action, reason);
+  });
+
+  async function manage(action, reason) {
+    const a = ACTIONS[action];
+    const buttons = $('actions').querySelectorAll('button');
+    buttons.forEach((b) => { b.disabled = true; });
+    clearError('action-error');
+    try {
+      if (action === 'purge') {
+        await api('DELETE', instancePath(instanceId));
+        location.assign(listHref());
+        return;
+      }
+      const res = await api('POST', instancePath(instanceId) + '/' + action, a.reason ? { reason } : {});
+      if (action === 'restart') {
+        location.assign(instanceHref(res.body.id));
+        return;
+      }
+      flash(a.done);
+      poll.run();
+    } catch (e) {
+      showError(`${a.ok} failed: ${e.message}`, 'action-error');
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  }
+
+  const parent = instanceId.match(/^(.*):p\d+$/);
+  if (parent) {
+    $('parent-link').append(link('Partition of ' + parent[1], instanceHref(parent[1])));
+  }
+  poll.run();
+}
+
+$('home').href = listHref();
+$('back').href = listHref();
+if (instanceId) instanceView();
+else listView();
