@@ -21,7 +21,9 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 const (
@@ -703,4 +705,317 @@ func TestTLS(t *testing.T) {
 	defer plain.Close()
 	err = plain.Invoke(clientCtx(ctx, "authorization", "Bearer t0k"), servicePrefix+"Hello", &emptypb.Empty{}, &emptypb.Empty{})
 	wantCode(t, err, codes.Unavailable, "plaintext call to a TLS server")
+}
+
+// queryPage is a QueryInstancesResponse, read through protojson.
+type queryPage struct {
+	States []queriedState `json:"orchestrationState"`
+	Token  *string        `json:"continuationToken"`
+	size   int            // proto.Size of the response
+}
+
+type queriedState struct {
+	InstanceID     string    `json:"instanceId"`
+	Status         string    `json:"orchestrationStatus"`
+	Created        time.Time `json:"createdTimestamp"`
+	Input          *string   `json:"input"`
+	Output         *string   `json:"output"`
+	CustomStatus   *string   `json:"customStatus"`
+	FailureDetails *struct {
+		ErrorMessage string `json:"errorMessage"`
+	} `json:"failureDetails"`
+}
+
+func (p queryPage) ids() []string {
+	out := []string{}
+	for _, s := range p.States {
+		out = append(out, s.InstanceID)
+	}
+	return out
+}
+
+func (p queryPage) state(t *testing.T, id string) queriedState {
+	t.Helper()
+	for _, s := range p.States {
+		if s.InstanceID == id {
+			return s
+		}
+	}
+	t.Fatalf("no state for %s in %v", id, p.ids())
+	return queriedState{}
+}
+
+// queryRaw sends a QueryInstancesRequest given as JSON.
+func (e *env) queryRaw(ctx context.Context, req proto.Message) (queryPage, error) {
+	e.t.Helper()
+	resp, err := e.invoke(clientCtx(ctx), "QueryInstances", req, "QueryInstancesResponse")
+	if err != nil {
+		return queryPage{}, err
+	}
+	b, err := protojson.MarshalOptions{EmitUnpopulated: true}.Marshal(resp)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var p queryPage
+	if err := json.Unmarshal(b, &p); err != nil {
+		e.t.Fatalf("%s: %v", b, err)
+	}
+	p.size = proto.Size(resp)
+	return p, nil
+}
+
+// query sends QueryInstances with the given InstanceQuery JSON and fails the test on an error.
+func (e *env) query(ctx context.Context, queryJSON string) queryPage {
+	e.t.Helper()
+	p, err := e.queryRaw(ctx, fromJSON(e.t, "QueryInstancesRequest", `{"query":`+queryJSON+`}`))
+	if err != nil {
+		e.t.Fatalf("QueryInstances %s: %v", queryJSON, err)
+	}
+	return p
+}
+
+func wantIDs(t *testing.T, what string, got []string, want ...string) {
+	t.Helper()
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("%s: got %v, want %v", what, got, want)
+	}
+}
+
+// QueryInstances: filters, order, inputs and outputs, sub-orchestrations, purge.
+func TestQueryInstances(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{})
+	ctx := testCtx(t)
+	for _, id := range []string{"q-a1", "q-a2", "q-b1", "q-b2"} {
+		if err := e.startInstance(ctx, id, `"in-`+id+`"`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// q-a1 completes, q-b1 fails, q-a2 starts a sub-orchestration and runs on, q-b2 stays pending.
+	// The sidecar runs one orchestration at a time, in the order created: holding q-b2 keeps
+	// q-a2-sub pending too.
+	turns := map[string]string{
+		"q-a1": `{"instanceId":"q-a1","customStatus":"\"cs\"","actions":[{"id":0,"completeOrchestration":{"orchestrationStatus":"ORCHESTRATION_STATUS_COMPLETED","result":"\"out\""}}]}`,
+		"q-a2": `{"instanceId":"q-a2","actions":[{"id":0,"createSubOrchestration":{"instanceId":"q-a2-sub","name":"sub","input":"\"x\""}}]}`,
+		"q-b1": `{"instanceId":"q-b1","actions":[{"id":0,"completeOrchestration":{"orchestrationStatus":"ORCHESTRATION_STATUS_FAILED","failureDetails":{"errorType":"E","errorMessage":"boom"}}}]}`,
+	}
+	cs := e.openStream(ctx, 10, 10)
+	for {
+		wi := recvWork(t, cs)
+		id := orchInstance(wi)
+		if id == "q-b2" {
+			break
+		}
+		js, ok := turns[id]
+		if !ok {
+			t.Fatalf("unexpected work item %v", wi)
+		}
+		if err := e.completeOrch(ctx, js, WorkItemToken(wi)); err != nil {
+			t.Fatalf("completing %s: %v", id, err)
+		}
+	}
+	// The sidecar applies completions, and creates the sub-orchestration, after it answers.
+	want := map[string]string{
+		"q-a2-sub": "ORCHESTRATION_STATUS_PENDING",
+		"q-b2":     "ORCHESTRATION_STATUS_PENDING",
+		"q-b1":     "ORCHESTRATION_STATUS_FAILED",
+		"q-a2":     "ORCHESTRATION_STATUS_RUNNING",
+		"q-a1":     "ORCHESTRATION_STATUS_COMPLETED",
+	}
+	var all queryPage
+	for {
+		all = e.query(ctx, `{"maxInstanceCount":100}`)
+		got := map[string]string{}
+		for _, s := range all.States {
+			got[s.InstanceID] = s.Status
+		}
+		if fmt.Sprint(got) == fmt.Sprint(want) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("instances: got %v, want %v", got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// Validate: newest first; no inputs, outputs, custom status or failure details unless asked.
+	wantIDs(t, "all instances", all.ids(), "q-a2-sub", "q-b2", "q-b1", "q-a2", "q-a1")
+	for i, s := range all.States {
+		if i > 0 && !s.Created.Before(all.States[i-1].Created) {
+			t.Errorf("%s created %v, not before %s's %v", s.InstanceID, s.Created, all.States[i-1].InstanceID, all.States[i-1].Created)
+		}
+		if s.Input != nil || s.Output != nil || s.CustomStatus != nil || s.FailureDetails != nil {
+			t.Errorf("%s without fetchInputsAndOutputs: %+v", s.InstanceID, s)
+		}
+	}
+	if all.Token != nil {
+		t.Errorf("continuation token %q on the only page", *all.Token)
+	}
+	full := e.query(ctx, `{"maxInstanceCount":100,"fetchInputsAndOutputs":true}`)
+	a1, b1 := full.state(t, "q-a1"), full.state(t, "q-b1")
+	if a1.Input == nil || *a1.Input != `"in-q-a1"` || a1.Output == nil || *a1.Output != `"out"` || a1.CustomStatus == nil || *a1.CustomStatus != `"cs"` {
+		t.Errorf("q-a1 with fetchInputsAndOutputs: %+v", a1)
+	}
+	if b1.FailureDetails == nil || b1.FailureDetails.ErrorMessage != "boom" {
+		t.Errorf("q-b1 with fetchInputsAndOutputs: %+v", b1)
+	}
+
+	created := func(id string) string { return all.state(t, id).Created.Format(time.RFC3339Nano) }
+	for _, c := range []struct {
+		query string
+		want  []string
+	}{
+		{`{"maxInstanceCount":100,"runtimeStatus":["ORCHESTRATION_STATUS_COMPLETED","ORCHESTRATION_STATUS_FAILED"]}`, []string{"q-b1", "q-a1"}},
+		{`{"maxInstanceCount":100,"runtimeStatus":["ORCHESTRATION_STATUS_PENDING"]}`, []string{"q-a2-sub", "q-b2"}},
+		{`{"maxInstanceCount":100,"runtimeStatus":["ORCHESTRATION_STATUS_RUNNING"]}`, []string{"q-a2"}},
+		{`{"maxInstanceCount":100,"runtimeStatus":["ORCHESTRATION_STATUS_TERMINATED"]}`, nil},
+		{`{"maxInstanceCount":100,"instanceIdPrefix":"q-a2"}`, []string{"q-a2-sub", "q-a2"}},
+		{`{"maxInstanceCount":100,"instanceIdPrefix":"q-b","runtimeStatus":["ORCHESTRATION_STATUS_PENDING"]}`, []string{"q-b2"}},
+		{`{"maxInstanceCount":100,"instanceIdPrefix":""}`, []string{"q-a2-sub", "q-b2", "q-b1", "q-a2", "q-a1"}},
+		// Both bounds are inclusive.
+		{fmt.Sprintf(`{"maxInstanceCount":100,"createdTimeFrom":%q,"createdTimeTo":%q}`, created("q-a2"), created("q-b1")), []string{"q-b1", "q-a2"}},
+		{fmt.Sprintf(`{"maxInstanceCount":100,"createdTimeFrom":%q,"createdTimeTo":%q}`, created("q-b1"), created("q-b1")), []string{"q-b1"}},
+		{fmt.Sprintf(`{"maxInstanceCount":100,"createdTimeFrom":%q}`, created("q-b2")), []string{"q-a2-sub", "q-b2"}},
+		{fmt.Sprintf(`{"maxInstanceCount":100,"createdTimeTo":%q}`, created("q-a2")), []string{"q-a2", "q-a1"}},
+	} {
+		wantIDs(t, c.query, e.query(ctx, c.query).ids(), c.want...)
+	}
+
+	// A purged instance disappears, and the server forgets it.
+	if _, err := e.invoke(clientCtx(ctx), "PurgeInstances", fromJSON(t, "PurgeInstancesRequest", `{"instanceId":"q-a1"}`), "PurgeInstancesResponse"); err != nil {
+		t.Fatalf("purging q-a1: %v", err)
+	}
+	before := e.srv.Stats().Queries
+	wantIDs(t, "after purging q-a1", e.query(ctx, `{"maxInstanceCount":100}`).ids(), "q-a2-sub", "q-b2", "q-b1", "q-a2")
+	e.srv.mu.Lock()
+	_, known := e.srv.instances["q-a1"]
+	e.srv.mu.Unlock()
+	if known {
+		t.Error("the server still lists the purged q-a1")
+	}
+	if got := e.srv.Stats().Queries; got != before+1 {
+		t.Errorf("Stats.Queries went from %d to %d over one query", before, got)
+	}
+	if vs := e.srv.Violations(); len(vs) != 0 {
+		t.Errorf("violations:\n%s", strings.Join(vs, "\n"))
+	}
+}
+
+// QueryInstances pages: a keyset cursor, so instances created between pages change nothing; pages
+// also end before MaxMessageBytes.
+func TestQueryInstancesPaging(t *testing.T) {
+	t.Parallel()
+	const limit = 4096
+	e := newEnv(t, Options{MaxMessageBytes: limit})
+	ctx := testCtx(t)
+	input := `"` + strings.Repeat("x", 1000) + `"`
+	for i := 1; i <= 5; i++ {
+		if err := e.startInstance(ctx, fmt.Sprintf("p-%d", i), input); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Page by count, creating p-6 after the first page.
+	page := e.query(ctx, `{"maxInstanceCount":2}`)
+	wantIDs(t, "page 1", page.ids(), "p-5", "p-4")
+	if page.Token == nil {
+		t.Fatal("page 1 has no continuation token")
+	}
+	first := *page.Token
+	if err := e.startInstance(ctx, "p-6", input); err != nil {
+		t.Fatal(err)
+	}
+	page = e.query(ctx, fmt.Sprintf(`{"maxInstanceCount":2,"continuationToken":%q}`, first))
+	wantIDs(t, "page 2", page.ids(), "p-3", "p-2")
+	if page.Token == nil {
+		t.Fatal("page 2 has no continuation token")
+	}
+	again := e.query(ctx, fmt.Sprintf(`{"maxInstanceCount":2,"continuationToken":%q}`, first))
+	wantIDs(t, "page 2 asked again", again.ids(), "p-3", "p-2")
+	page = e.query(ctx, fmt.Sprintf(`{"maxInstanceCount":2,"continuationToken":%q}`, *page.Token))
+	wantIDs(t, "page 3", page.ids(), "p-1")
+	if page.Token != nil {
+		t.Errorf("last page has continuation token %q", *page.Token)
+	}
+	wantIDs(t, "a new query", e.query(ctx, `{"maxInstanceCount":2}`).ids(), "p-6", "p-5")
+
+	// A token belongs to its query's filters.
+	_, err := e.queryRaw(ctx, fromJSON(t, "QueryInstancesRequest", fmt.Sprintf(`{"query":{"maxInstanceCount":2,"instanceIdPrefix":"p-","continuationToken":%q}}`, first)))
+	wantCode(t, err, codes.InvalidArgument, "a token sent with other filters")
+
+	// Page by size: six states of over 1,000 bytes each do not fit in 4,096 bytes.
+	var got []string
+	pages := 0
+	token := ""
+	for {
+		q := `{"maxInstanceCount":100,"fetchInputsAndOutputs":true}`
+		if token != "" {
+			q = fmt.Sprintf(`{"maxInstanceCount":100,"fetchInputsAndOutputs":true,"continuationToken":%q}`, token)
+		}
+		page := e.query(ctx, q)
+		if pages++; pages > 6 {
+			t.Fatalf("more than six pages for six instances: %v so far", got)
+		}
+		if page.size > limit {
+			t.Errorf("page %d is %d bytes, over the %d-byte limit", pages, page.size, limit)
+		}
+		if len(page.States) == 0 {
+			t.Fatalf("page %d is empty", pages)
+		}
+		got = append(got, page.ids()...)
+		if page.Token == nil {
+			break
+		}
+		token = *page.Token
+	}
+	if pages < 2 {
+		t.Errorf("%d page(s) for six states of over 1,000 bytes each", pages)
+	}
+	wantIDs(t, "paged by size", got, "p-6", "p-5", "p-4", "p-3", "p-2", "p-1")
+
+	vs := e.srv.Violations()
+	if len(vs) != 1 || !hasViolation(vs, "QueryInstances", "was issued for") {
+		t.Errorf("violations:\n%s", strings.Join(vs, "\n"))
+	}
+}
+
+// Invalid QueryInstances requests are refused with InvalidArgument and recorded.
+func TestQueryInstancesRefused(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{})
+	ctx := testCtx(t)
+	if err := e.startInstance(ctx, "r-1", `null`); err != nil {
+		t.Fatal(err)
+	}
+	badTime := fromJSON(t, "QueryInstancesRequest", `{"query":{"maxInstanceCount":10}}`)
+	q := badTime.ProtoReflect().Mutable(qiqQuery).Message()
+	q.Set(iqCreatedFrom, protoreflect.ValueOfMessage((&timestamppb.Timestamp{Nanos: -1}).ProtoReflect()))
+	cases := []struct {
+		req       proto.Message
+		violation string
+	}{
+		{fromJSON(t, "QueryInstancesRequest", `{}`), "no query"},
+		{fromJSON(t, "QueryInstancesRequest", `{"query":{}}`), "maxInstanceCount (field 5) is 0"},
+		{fromJSON(t, "QueryInstancesRequest", `{"query":{"maxInstanceCount":-1}}`), "maxInstanceCount (field 5) is -1"},
+		{fromJSON(t, "QueryInstancesRequest", `{"query":{"maxInstanceCount":1001}}`), "maxInstanceCount (field 5) is 1001"},
+		{fromJSON(t, "QueryInstancesRequest", `{"query":{"maxInstanceCount":10,"taskHubNames":["testhub"]}}`), "taskHubNames"},
+		{fromJSON(t, "QueryInstancesRequest", `{"query":{"maxInstanceCount":10,"runtimeStatus":[99]}}`), "holds 99"},
+		{fromJSON(t, "QueryInstancesRequest", `{"query":{"maxInstanceCount":10,"createdTimeFrom":"2025-01-02T00:00:00Z","createdTimeTo":"2025-01-01T00:00:00Z"}}`), "is after createdTimeTo"},
+		{badTime, "createdTimeFrom (field 2)"},
+		{fromJSON(t, "QueryInstancesRequest", `{"query":{"maxInstanceCount":10,"continuationToken":"bogus"}}`), `unknown continuationToken "bogus"`},
+	}
+	for _, c := range cases {
+		_, err := e.queryRaw(ctx, c.req)
+		wantCode(t, err, codes.InvalidArgument, c.violation)
+		if vs := e.srv.Violations(); !hasViolation(vs, "QueryInstances", c.violation) {
+			t.Errorf("no violation matching %q in:\n%s", c.violation, strings.Join(vs, "\n"))
+		}
+	}
+	// The bounds themselves, and an empty token (none), are fine.
+	wantIDs(t, "maxInstanceCount 1, empty token", e.query(ctx, `{"maxInstanceCount":1,"continuationToken":""}`).ids(), "r-1")
+	wantIDs(t, "maxInstanceCount 1000", e.query(ctx, `{"maxInstanceCount":1000}`).ids(), "r-1")
+	s := e.srv.Stats()
+	if s.Refused != len(cases) || s.Violations != len(cases) || s.Queries != 2 {
+		t.Errorf("stats: %+v", s)
+	}
 }

@@ -4,7 +4,8 @@
 // real durabletask-go v0.6.0 sidecar, enforces what DTS enforces (task hub and bearer metadata,
 // completion tokens, leases bound to the GetWorkItems stream, per-stream concurrency limits,
 // message and payload sizes, history streaming, abandon, health pings) and records every protocol
-// violation it sees. Messages are v0.6.0's generated types looked up in protoregistry.GlobalTypes;
+// violation it sees. QueryInstances, which the v0.6.0 sidecar lacks, it answers itself (query.go).
+// Messages are v0.6.0's generated types looked up in protoregistry.GlobalTypes;
 // fields v0.6.0 lacks are read and written as unknown fields. No second copy of the proto is
 // compiled in.
 package dtstest
@@ -100,6 +101,7 @@ type Stats struct {
 	StaleCompletions    int // completion/abandon attempts with a token that had been retired (answered NotFound)
 	Abandoned           int // abandons accepted
 	HistoryStreams      int // StreamInstanceHistory calls served
+	Queries             int // QueryInstances calls answered (not counting refused ones)
 	Pings               int // health pings sent
 	DroppedStreams      int // streams ended by DropFirstStreamAfter
 	LargestRequestBytes int // largest request message seen (proto.Size)
@@ -216,6 +218,9 @@ type Server struct {
 	streamInfos         []StreamInfo
 	stats               Stats
 	activityCompletions map[string]int
+	instances           map[string]*knownInstance // what QueryInstances lists
+	instanceSeq         uint64
+	queryCursors        map[string]queryCursor // QueryInstances continuation tokens issued
 }
 
 // Start starts a server on 127.0.0.1:0 in front of opts.Upstream.
@@ -270,6 +275,8 @@ func Start(opts Options) (*Server, error) {
 		wake:                make(chan struct{}, 1),
 		tokens:              map[string]*lease{},
 		activityCompletions: map[string]int{},
+		instances:           map[string]*knownInstance{},
+		queryCursors:        map[string]queryCursor{},
 	}
 	desc := s.serviceDesc()
 	s.gs.RegisterService(&desc, s)
@@ -478,7 +485,7 @@ func activityResponsePayloads(m proto.Message) []payload {
 func (s *Server) methods() []*method {
 	return []*method{
 		{name: "Hello", role: roleNone},
-		{name: "StartInstance", req: "CreateInstanceRequest", resp: "CreateInstanceResponse", role: roleClient, payloads: stringFieldPayloads("input")},
+		{name: "StartInstance", req: "CreateInstanceRequest", resp: "CreateInstanceResponse", role: roleClient, payloads: stringFieldPayloads("input"), handle: (*Server).startInstance},
 		{name: "GetInstance", req: "GetInstanceRequest", resp: "GetInstanceResponse", role: roleClient},
 		{name: "RewindInstance", req: "RewindInstanceRequest", resp: "RewindInstanceResponse", role: roleClient},
 		{name: "WaitForInstanceStart", req: "GetInstanceRequest", resp: "GetInstanceResponse", role: roleClient},
@@ -487,7 +494,7 @@ func (s *Server) methods() []*method {
 		{name: "TerminateInstance", req: "TerminateRequest", resp: "TerminateResponse", role: roleClient, payloads: stringFieldPayloads("output")},
 		{name: "SuspendInstance", req: "SuspendRequest", resp: "SuspendResponse", role: roleClient},
 		{name: "ResumeInstance", req: "ResumeRequest", resp: "ResumeResponse", role: roleClient},
-		{name: "QueryInstances", req: "QueryInstancesRequest", resp: "QueryInstancesResponse", role: roleClient},
+		{name: "QueryInstances", req: "QueryInstancesRequest", resp: "QueryInstancesResponse", role: roleClient, handle: (*Server).queryInstances},
 		{name: "PurgeInstances", req: "PurgeInstancesRequest", resp: "PurgeInstancesResponse", role: roleClient},
 		{name: "CreateTaskHub", req: "CreateTaskHubRequest", resp: "CreateTaskHubResponse", role: roleClient},
 		{name: "DeleteTaskHub", req: "DeleteTaskHubRequest", resp: "DeleteTaskHubResponse", role: roleClient},
@@ -710,7 +717,11 @@ func (s *Server) completeOrchestrator(ctx context.Context, req proto.Message) (p
 	if _, err := s.claim(name, token, kindOrchestration, iid, 0, true, false); err != nil {
 		return nil, err
 	}
-	return s.forwardCompletion(ctx, name, req, iid)
+	resp, err := s.forwardCompletion(ctx, name, req, iid)
+	if err == nil {
+		s.learnSubOrchestrations(req)
+	}
+	return resp, err
 }
 
 func (s *Server) completeActivity(ctx context.Context, req proto.Message) (proto.Message, error) {

@@ -102,3 +102,41 @@ func TestSchedulerLimitsFailTheOrchestrationClearly(t *testing.T) {
 		}
 	}
 }
+
+// One QueryInstances asks for no more instances than one received message
+// holds were each payload at the configured limit: at 10 MiB a payload
+// that is 2, so a page of 5 takes 3 calls, and holds all 5.
+func TestListingAsksForWhatOneMessageHolds(t *testing.T) {
+	upstream, _ := dtstest.StartSidecar(t, 0, filepath.Join(t.TempDir(), "sidecar.sqlite"))
+	srv, err := dtstest.Start(dtstest.Options{Upstream: upstream, TaskHub: "test", Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	cfg := hubConfig("")
+	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + srv.Addr(), Host: "127.0.0.1", Address: srv.Addr(), Auth: config.AuthNone}
+	cfg.MaxPayloadBytes = 10 << 20
+	// No orchestrators registered: the instances stay pending.
+	hub, err := taskhub.Open(context.Background(), cfg, task.NewTaskRegistry(), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(context.Background())
+	ctx := context.Background()
+	for range 5 {
+		if _, err := hub.Client.ScheduleNewOrchestration(ctx, "unregistered"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := srv.Stats().Queries
+	page, err := hub.Client.ListInstances(ctx, taskhub.Query{PageSize: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls := srv.Stats().Queries - before; len(page.Instances) != 5 || page.ContinuationToken != "" || calls != 3 {
+		t.Errorf("a page of 5: %d instances, token %q, in %d calls; want 5, none, in 3", len(page.Instances), page.ContinuationToken, calls)
+	}
+	for _, v := range srv.Violations() {
+		t.Errorf("protocol violation: %s", v)
+	}
+}
