@@ -63,9 +63,16 @@ func TestRoutesMatchAsTheHostMatchesThem(t *testing.T) {
 		if code != http.StatusMethodNotAllowed || hdr.Get("Allow") != "POST" || body["error"] != "fan_out_fan_in does not accept GET: use POST" {
 			t.Errorf("GET /Api/Fan_Out_Fan_In/: got %d (Allow %q) %v, want 405 naming POST", code, hdr.Get("Allow"), body)
 		}
-		for _, path := range []string{"/api/Fan_Out_Fan_In/x", "/api/status/", "/apis/fan_out_fan_in"} {
+		for _, path := range []string{"/api/Fan_Out_Fan_In/x", "/apis/fan_out_fan_in"} {
 			if code, _, body := p.forward(t, "POST", path, "{}"); code != http.StatusNotFound || body["error"] == nil {
 				t.Errorf("POST %s: got %d %v, want 404 with an error", path, code, body)
+			}
+		}
+		// With or without its slash, status with no id is the instance list,
+		// which only GET reads.
+		for _, path := range []string{"/api/status/", "/API/Status"} {
+			if code, hdr, body := p.forward(t, "POST", path, "{}"); code != http.StatusMethodNotAllowed || hdr.Get("Allow") != "GET" || body["error"] == nil {
+				t.Errorf("POST %s: got %d (Allow %q) %v, want 405 naming GET", path, code, hdr.Get("Allow"), body)
 			}
 		}
 	})
