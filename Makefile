@@ -17,6 +17,7 @@ run: handler
 	@echo "  Fan-out/fan-in on the embedded task hub: http://localhost:$(PORT)/api"
 	@echo "  Try:  curl -i -X POST http://localhost:$(PORT)/api/fan_out_fan_in -H 'Content-Type: application/json' -d '{\"workItems\": [\"Task1\", \"Task2\", \"Task3\"]}'"
 	@echo "  then: curl -i <the statusQueryGetUri it returns>"
+	@echo "  or watch every instance in a browser: http://localhost:$(PORT)/api/status"
 	@echo
 	FUNCTIONS_CUSTOMHANDLER_PORT=$(PORT) FANOUT_LOG_FORMAT=console DURABLE_TASK_SCHEDULER_CONNECTION_STRING= ./handler
 
