@@ -1126,6 +1126,7 @@ func TestPayloadModeBadPayloads(t *testing.T) {
 		{"no Data", "start", `{"Metadata": {}}`, http.StatusBadRequest, []string{"Data.req"}},
 		{"Data.req not an object", "start", `{"Data": {"req": 3}}`, http.StatusBadRequest, []string{"Data.req", "not an HTTP request"}},
 		{"relative Url", "start", hostInvocation("POST", "/api/start", `{}`, ""), http.StatusBadRequest, []string{"Data.req.Url", `"/api/start"`, "absolute URL"}},
+		{"Url whose host name is a port", "start", hostInvocation("POST", "http://:0:/api/start", `{}`, ""), http.StatusBadRequest, []string{"Data.req.Url", "absolute URL"}},
 		{"no Method", "start", hostInvocation("", "http://localhost:7071/api/start", `{}`, ""), http.StatusBadRequest, []string{"Data.req.Method"}},
 		{"unknown function", "nope", hostInvocation("POST", "http://localhost:7071/api/nope", `{}`, ""), http.StatusNotFound, []string{"/nope"}},
 		{"too large", "start", strings.Replace(hostInvocation("POST", "http://localhost:7071/api/start", `{}`, ""),
@@ -1139,6 +1140,11 @@ func TestPayloadModeBadPayloads(t *testing.T) {
 			wantErrorResponse(t, res, tc.status, tc.want...)
 		})
 	}
+
+	t.Run("IPv6 host", func(t *testing.T) {
+		res := do(t, http.MethodPost, url+"/start", jsonHeader, hostInvocation("POST", "http://[::1]:7071/api/start", `{}`, ""))
+		wantStatus(t, res, http.StatusOK)
+	})
 
 	t.Run("GET on the payload path", func(t *testing.T) {
 		res := do(t, http.MethodGet, url+"/start", nil, "")

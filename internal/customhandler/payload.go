@@ -102,8 +102,10 @@ func readInvocation(r *http.Request, fn Function, opts Options) (*http.Request, 
 		return nil, httpjson.Errorf(http.StatusBadRequest, "invocation payload's Data.%s is not an HTTP request: %v", fn.Trigger, err)
 	}
 	u, err := url.Parse(d.URL)
-	// Hostname, not Host: "http://:80/" has a host, ":80", but no name in it.
-	if err != nil || !u.IsAbs() || u.Hostname() == "" {
+	// Hostname, not Host: "http://:80/" has a host, ":80", but no name in
+	// it; and "a://:0:" has the name ":0", which is no name either (only an
+	// IPv6 address, in brackets, holds a colon).
+	if err != nil || !u.IsAbs() || u.Hostname() == "" || strings.Contains(u.Hostname(), ":") && !strings.HasPrefix(u.Host, "[") {
 		return nil, httpjson.Errorf(http.StatusBadRequest, "invocation payload's Data.%s.Url %q is not an absolute URL", fn.Trigger, d.URL)
 	}
 	if d.Method == "" || strings.ContainsAny(d.Method, " \t\r\n") {
