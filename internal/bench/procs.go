@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"fanoutfanin/internal/tailbuf"
 )
 
 // stopGrace is how long a child gets to exit after SIGTERM before it is
@@ -26,7 +28,7 @@ const stopGrace = 15 * time.Second
 type child struct {
 	name     string
 	cmd      *exec.Cmd
-	output   *tailBuffer // the last of its stdout and stderr, for error messages
+	output   *tailbuf.Buffer // the last of its stdout and stderr, for error messages
 	exited   chan struct{}
 	waitErr  error // set before exited is closed
 	stopOnce sync.Once
@@ -37,7 +39,7 @@ type child struct {
 // order; and with a parent-death signal, so that a benchmark killed outright
 // leaves none behind.
 func startChild(name string, cmd *exec.Cmd) (*child, error) {
-	c := &child{name: name, cmd: cmd, output: &tailBuffer{max: 32 << 10}, exited: make(chan struct{})}
+	c := &child{name: name, cmd: cmd, output: &tailbuf.Buffer{Max: 32 << 10}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = c.output, c.output
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -74,30 +76,6 @@ func (c *child) stop() {
 			<-c.exited
 		}
 	})
-}
-
-// tailBuffer keeps the last max bytes written to it: the sidecar logs every
-// work item, and only the end matters when something fails.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > 2*t.max { // trim now and then, not on every write
-		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(bytes.Clone(t.b[max(0, len(t.b)-t.max):]))
 }
 
 // handler is the function app's handler running as a child process.

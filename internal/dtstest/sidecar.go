@@ -1,7 +1,6 @@
 package dtstest
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -14,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"fanoutfanin/internal/tailbuf"
 )
 
 const sidecarModule = "github.com/microsoft/durabletask-go"
@@ -95,29 +96,6 @@ func buildSidecar() (string, error) {
 	return final, nil
 }
 
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > 2*t.max { // trim now and then: the sidecar logs every work item
-		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(bytes.Clone(t.b[max(0, len(t.b)-t.max):]))
-}
-
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(tb testing.TB) int {
 	tb.Helper()
@@ -140,7 +118,7 @@ func StartSidecar(tb testing.TB, port int, dbFile string) (addr string, stop fun
 		port = FreePort(tb)
 	}
 	addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	logs := &tailBuffer{max: 64 << 10}
+	logs := &tailbuf.Buffer{Max: 64 << 10}
 	cmd := exec.Command(bin, "-host", "127.0.0.1", "-port", strconv.Itoa(port), "-db", dbFile)
 	cmd.Stdout = logs
 	cmd.Stderr = logs
