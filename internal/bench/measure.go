@@ -88,7 +88,12 @@ func (b *bench) embeddedFanOut(ctx context.Context, n, partition int) (fanOutRes
 		return fanOutResult{}, err
 	}
 	defer os.RemoveAll(dir) // a million items leave a large file behind
-	settings := embeddedSettings(dir)
+	return b.fanOutWith(ctx, embeddedSettings(dir), nil, n, partition)
+}
+
+// fanOutWith runs one fan-out of n items in a fresh handler with settings,
+// on sidecar if not nil; partition, if not 0, sets FANOUT_PARTITION_SIZE.
+func (b *bench) fanOutWith(ctx context.Context, settings map[string]string, sidecar *child, n, partition int) (fanOutResult, error) {
 	if partition != 0 {
 		settings["FANOUT_PARTITION_SIZE"] = strconv.Itoa(partition)
 	}
@@ -97,7 +102,7 @@ func (b *bench) embeddedFanOut(ctx context.Context, n, partition int) (fanOutRes
 		return fanOutResult{}, err
 	}
 	defer b.stopHandler(h)
-	r, err := b.timedFanOut(ctx, h, nil, n)
+	r, err := b.timedFanOut(ctx, h, sidecar, n)
 	r.partition = partition
 	return r, err
 }
@@ -300,16 +305,7 @@ func (b *bench) grpcFanOut(ctx context.Context, n, partition int) (fanOutResult,
 	defer sc.stop()
 	settings := embeddedSettings(dir)
 	settings["DURABLE_TASK_SCHEDULER_CONNECTION_STRING"] = "Endpoint=http://" + addr + ";Authentication=None"
-	if partition != 0 {
-		settings["FANOUT_PARTITION_SIZE"] = strconv.Itoa(partition)
-	}
-	h, err := startHandler(ctx, b.appRoot, settings)
-	if err != nil {
-		return fanOutResult{}, err
-	}
-	defer b.stopHandler(h)
-	r, err := b.timedFanOut(ctx, h, sc, n)
-	r.partition = partition
+	r, err := b.fanOutWith(ctx, settings, sc, n, partition)
 	if err == nil {
 		err = sc.running() // the sidecar must have lived through it
 	}
