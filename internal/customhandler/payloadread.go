@@ -113,13 +113,19 @@ func (s *payloadScanner) emit(c byte) error {
 	return nil
 }
 
+// take reads the next byte and keeps it.
+func (s *payloadScanner) take() (byte, error) {
+	c, err := s.next()
+	if err != nil {
+		return 0, err
+	}
+	return c, s.emit(c)
+}
+
 func (s *payloadScanner) scan() error {
 	for {
-		c, err := s.next()
+		c, err := s.take()
 		if err != nil {
-			return err
-		}
-		if err := s.emit(c); err != nil {
 			return err
 		}
 		top := len(s.stack) - 1
@@ -222,22 +228,15 @@ func (s *payloadScanner) memberName() (string, error) {
 // str reads the rest of a string, through its closing quote.
 func (s *payloadScanner) str() error {
 	for {
-		c, err := s.next()
+		c, err := s.take()
 		if err != nil {
-			return err
-		}
-		if err := s.emit(c); err != nil {
 			return err
 		}
 		switch c {
 		case '"':
 			return nil
 		case '\\':
-			c, err := s.next()
-			if err != nil {
-				return err
-			}
-			if err := s.emit(c); err != nil {
+			if _, err := s.take(); err != nil {
 				return err
 			}
 		}
