@@ -58,26 +58,12 @@ func TestCloseReturnsByItsDeadlineWhenAnActivityIgnoresItsContext(t *testing.T) 
 	ctx := context.Background()
 	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
 	cfg.LockTimeout = time.Hour // only handing back can release the item this test
-	started := make(chan struct{}, 1)
 	never := make(chan struct{})
 	defer close(never)
-	stuck := task.NewTaskRegistry()
-	stuck.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
-	stuck.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
-	stuck.AddActivityN(functions.ProcessWorkItemName, func(task.ActivityContext) (any, error) {
-		started <- struct{}{}
+	hub, id := startOneItem(t, cfg, func(task.ActivityContext) (any, error) {
 		<-never
 		return nil, nil
 	})
-	hub, err := taskhub.Open(ctx, cfg, stuck, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := hub.Client.ScheduleNewOrchestration(ctx, functions.OrchestratorName, api.WithInput([]string{"a"}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-started
 
 	const grace = time.Second
 	closeCtx, cancel := context.WithTimeout(ctx, grace)
@@ -101,15 +87,7 @@ func TestCloseReturnsByItsDeadlineWhenAnActivityIgnoresItsContext(t *testing.T) 
 		t.Errorf("after Close: %d work items and %d instances locked (%v), want none", tasks, instances, err)
 	}
 
-	hub, err = taskhub.Open(ctx, cfg, registry(t), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hub.Close(ctx)
-	md := waitComplete(t, hub.Client, id, 20*time.Second) // the lock would hold it for an hour
-	if !strings.Contains(md.SerializedOutput, `"processed_items":["Processed_a"]`) {
-		t.Errorf("output: %s", md.SerializedOutput)
-	}
+	finishesOnReopen(t, cfg, id)
 }
 
 // A page of the listing ends early once its payloads pass 8 MiB, with a

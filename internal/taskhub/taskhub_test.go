@@ -142,36 +142,54 @@ func TestCloseHandsBackUnfinishedWork(t *testing.T) {
 	ctx := context.Background()
 	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
 	cfg.LockTimeout = time.Hour // only handing back can release the item this test
-	started := make(chan struct{}, 1)
-	stuck := task.NewTaskRegistry()
-	stuck.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
-	stuck.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
-	stuck.AddActivityN(functions.ProcessWorkItemName, func(actx task.ActivityContext) (any, error) {
-		started <- struct{}{}
+	hub, id := startOneItem(t, cfg, func(actx task.ActivityContext) (any, error) {
 		<-actx.Context().Done()
 		return nil, actx.Context().Err()
 	})
-	hub, err := taskhub.Open(ctx, cfg, stuck, zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := hub.Client.ScheduleNewOrchestration(ctx, functions.OrchestratorName, api.WithInput([]string{"a"}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-started
 	closeCtx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	if err := hub.Close(closeCtx); err == nil || !strings.Contains(err.Error(), "handed back") {
 		t.Errorf("Close: got %v, want an error saying work was handed back", err)
 	}
+	finishesOnReopen(t, cfg, id)
+}
 
-	hub, err = taskhub.Open(ctx, cfg, registry(t), zerolog.Nop())
+// startOneItem opens the embedded hub cfg names with item as
+// process_work_item, starts a fan-out of one item, "a", and returns once the
+// item has started.
+func startOneItem(t *testing.T, cfg config.TaskHub, item task.Activity) (*taskhub.Hub, api.InstanceID) {
+	t.Helper()
+	started := make(chan struct{}, 1)
+	r := task.NewTaskRegistry()
+	r.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
+	r.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
+	r.AddActivityN(functions.ProcessWorkItemName, func(actx task.ActivityContext) (any, error) {
+		started <- struct{}{}
+		return item(actx)
+	})
+	hub, err := taskhub.Open(context.Background(), cfg, r, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer hub.Close(ctx)
-	md := waitComplete(t, hub.Client, id, 20*time.Second) // the lock would hold it for an hour
+	id, err := hub.Client.ScheduleNewOrchestration(context.Background(), functions.OrchestratorName, api.WithInput([]string{"a"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	return hub, id
+}
+
+// finishesOnReopen opens the hub cfg names again, with the app's functions,
+// and checks that the one-item fan-out id completes: the item handed back
+// runs again at once, though its lock would hold it for an hour.
+func finishesOnReopen(t *testing.T, cfg config.TaskHub, id api.InstanceID) {
+	t.Helper()
+	hub, err := taskhub.Open(context.Background(), cfg, registry(t), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(context.Background())
+	md := waitComplete(t, hub.Client, id, 20*time.Second)
 	if !strings.Contains(md.SerializedOutput, `"processed_items":["Processed_a"]`) {
 		t.Errorf("output: %s", md.SerializedOutput)
 	}
