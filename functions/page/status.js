@@ -206,6 +206,18 @@ function progressCell(st, label) {
   return td;
 }
 
+// statusCells are the cells the list and the partitions tables both show
+// for an instance: status, progress, items/s and elapsed time.
+function statusCells(st, label) {
+  const { elapsed, rate } = timing(st);
+  return [
+    cell(badge(st.runtimeStatus)),
+    progressCell(st, label),
+    cell(fmtNumber(rate), 'num'),
+    cell(fmtDuration(elapsed), 'num'),
+  ];
+}
+
 // replaceRows swaps a table body's rows, keeping keyboard focus on the same
 // link if it was on one: the tables are redrawn every refresh.
 function replaceRows(tbody, rows) {
@@ -337,14 +349,10 @@ function listView() {
   function render(instances) {
     const rows = instances.filter(isObject).map((st) => {
       const tr = document.createElement('tr');
-      const { elapsed, rate } = timing(st);
       const id = String(st.instanceId ?? '');
       tr.append(
         cell(link(id, instanceHref(id)), 'id'),
-        cell(badge(st.runtimeStatus)),
-        progressCell(st, 'Progress of ' + id),
-        cell(rate === null ? '–' : fmtNumber(rate), 'num'),
-        cell(fmtDuration(elapsed), 'num'),
+        ...statusCells(st, 'Progress of ' + id),
         cell(timeElement(st.createdTime), 'when'),
         cell(resultText(st), 'result'),
       );
@@ -479,7 +487,7 @@ function instanceView() {
     $('progress-text').textContent = progressText(st);
 
     const { elapsed, rate } = timing(st);
-    $('rate').textContent = rate === null ? '–' : fmtNumber(rate);
+    $('rate').textContent = fmtNumber(rate); // '–' until there is a rate
     $('elapsed').textContent = fmtDuration(elapsed);
     $('created').replaceChildren(timeElement(st.createdTime));
     $('updated').replaceChildren(timeElement(st.lastUpdatedTime));
@@ -593,13 +601,9 @@ function instanceView() {
       : '';
     replaceRows($('partitions-body'), all.map((p) => {
       const tr = document.createElement('tr');
-      const { elapsed, rate } = timing(p);
       tr.append(
         cell(link('p' + number(p), instanceHref(p.instanceId)), 'id'),
-        cell(badge(p.runtimeStatus)),
-        progressCell(p, 'Progress of partition ' + number(p)),
-        cell(rate === null ? '–' : fmtNumber(rate), 'num'),
-        cell(fmtDuration(elapsed), 'num'),
+        ...statusCells(p, 'Progress of partition ' + number(p)),
       );
       return tr;
     }));

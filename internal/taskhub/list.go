@@ -54,6 +54,11 @@ var ErrBadContinuationToken = errors.New("the continuation token is not one this
 // ends early, with a continuation token, once it holds this much.
 const pageBytes = 8 << 20
 
+// payloadBytes is what an instance's payloads add to a page.
+func payloadBytes(md *api.OrchestrationMetadata) int {
+	return len(md.SerializedInput) + len(md.SerializedOutput) + len(md.SerializedCustomStatus)
+}
+
 // instanceLister reads the embedded hub's instance table through its own
 // read-only connection: in the write-ahead log's mode a reader neither
 // waits for the workers' writes nor holds them up.
@@ -162,7 +167,7 @@ func (l *instanceLister) list(ctx context.Context, q Query) (Page, error) {
 				return Page{}, fmt.Errorf("listing instances: the failure details of %s: %w", id, err)
 			}
 		}
-		size += len(in.String) + len(out.String) + len(custom.String)
+		size += payloadBytes(md)
 		page.Instances = append(page.Instances, md)
 	}
 	if err := rows.Err(); err != nil {
@@ -209,7 +214,7 @@ func (g grpcClient) ListInstances(ctx context.Context, q Query) (Page, error) {
 		for _, md := range states {
 			if !slices.Contains(q.ExcludeNames, md.Name) {
 				page.Instances = append(page.Instances, md)
-				size += len(md.SerializedInput) + len(md.SerializedOutput) + len(md.SerializedCustomStatus)
+				size += payloadBytes(md)
 			}
 		}
 		token = next
