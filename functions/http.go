@@ -359,7 +359,7 @@ func Status(hub taskhub.Client, s Settings) http.Handler {
 
 		md, err := hub.FetchOrchestrationMetadata(r.Context(), api.InstanceID(id), api.WithFetchPayloads(true))
 		if errors.Is(err, api.ErrInstanceNotFound) {
-			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusNotFound, "no orchestration instance has id %q", id))
+			httpjson.RenderError(w, r, errNoInstance(id))
 			return
 		} else if err != nil {
 			renderHubError(w, r, fmt.Errorf("fetching instance %s: %w", id, err))
@@ -409,6 +409,11 @@ func Status(hub taskhub.Client, s Settings) http.Handler {
 		w.Header().Set("Location", url)
 		httpjson.Write(w, http.StatusAccepted, map[string]string{"id": id, "statusQueryGetUri": url})
 	})
+}
+
+// errNoInstance is the 404 for an instance id the task hub does not have.
+func errNoInstance(id string) error {
+	return httpjson.Errorf(http.StatusNotFound, "no orchestration instance has id %q", id)
 }
 
 // renderStatus answers a status query for md.

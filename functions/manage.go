@@ -102,7 +102,7 @@ func (m manager) purge(ctx context.Context) (int, error) {
 	case errors.Is(err, taskhub.ErrStillRunning):
 		return 0, httpjson.Errorf(http.StatusConflict, "instance %s cannot be purged yet: %v; try again shortly", m.id(), err)
 	case errors.Is(err, api.ErrInstanceNotFound):
-		return 0, httpjson.Errorf(http.StatusNotFound, "no orchestration instance has id %q", m.id())
+		return 0, errNoInstance(string(m.id()))
 	case err != nil:
 		return 0, fmt.Errorf("purging %s: %w", m.id(), err)
 	}
