@@ -77,8 +77,9 @@ type TaskHub struct {
 	Scheduler         *Scheduler
 	// EmbeddedFile is the SQLite file of the embedded hub.
 	EmbeddedFile string
-	// LockTimeout is how long a work item stays locked to the process that took
-	// it; after a crash its work resumes once the lock expires.
+	// LockTimeout is how long a work item stays locked to a process that
+	// stopped renewing it: a live process renews its locks while the work
+	// runs, however long; after a crash the work resumes once they expire.
 	LockTimeout                 time.Duration
 	MaxConcurrentActivities     int
 	MaxConcurrentOrchestrations int
@@ -318,12 +319,11 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	hub.EmbeddedFile = filepath.Join(dir, hub.Name+".sqlite")
 	// Embedded only: the scheduler's leases belong to the worker's stream.
 	if connection == "" {
+		// A live worker renews its locks while the work runs, so the
+		// timeout bounds only how long a dead worker's items wait; it is
+		// renewed every third of it.
 		if hub.LockTimeout < time.Second {
 			p.fail("%s is %s: it must be at least 1s", SettingLockTimeout, hub.LockTimeout)
-		} else if hub.LockTimeout <= cfg.Work.MaxDelay {
-			// A lock that expires while its activity still runs hands the
-			// item to another worker, and it runs twice.
-			p.fail("%s (%s) must be longer than %s (%s)", SettingLockTimeout, hub.LockTimeout, SettingWorkMaxDelay, cfg.Work.MaxDelay)
 		}
 	}
 	cfg.TaskHub = hub

@@ -36,14 +36,14 @@ func Locked(file string) (workItems, instances int, err error) {
 	return workItems, instances, err
 }
 
-func count(file, query string) (int, error) {
+func count(file, query string, args ...any) (int, error) {
 	db, err := sql.Open("sqlite", "file:"+file)
 	if err != nil {
 		return 0, err
 	}
 	defer db.Close()
 	var n int
-	if err := db.QueryRow(query).Scan(&n); err != nil {
+	if err := db.QueryRow(query, args...).Scan(&n); err != nil {
 		return 0, fmt.Errorf("reading %s: %w", file, err)
 	}
 	return n, nil
@@ -73,4 +73,18 @@ func events(file, query, id string) ([]*backend.HistoryEvent, error) {
 		events = append(events, e)
 	}
 	return events, rows.Err()
+}
+
+// Rows counts, table by table, the rows an instance and its partitions
+// (ids id:p0, id:p1, …) have in the hub: what a purge must leave at zero.
+func Rows(file, id string) (map[string]int, error) {
+	rows := map[string]int{}
+	for _, table := range []string{"Instances", "History", "NewEvents", "NewTasks"} {
+		n, err := count(file, "SELECT COUNT(*) FROM "+table+" WHERE InstanceID = ? OR substr(InstanceID, 1, ?) = ?", id, len(id)+2, id+":p")
+		if err != nil {
+			return nil, err
+		}
+		rows[table] = n
+	}
+	return rows, nil
 }

@@ -54,20 +54,21 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 	// hubBackend); polling, below, stops first.
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	wake := newWakeups()
-	be := hubBackend{Backend: sqlite.NewSqliteBackend(opts, dtLog), wake: wake, work: workCtx}
+	be := hubBackend{Backend: sqlite.NewSqliteBackend(opts, dtLog), wake: wake, work: workCtx, log: log}
 	if err := createTaskHubShared(ctx, be); err != nil {
 		stopWork()
 		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
 	}
-	batches, err := openActivityBatches(embeddedDSN(cfg.EmbeddedFile), cfg.LockTimeout, cfg.MaxConcurrentActivities)
+	store, err := openHubStore(embeddedDSN(cfg.EmbeddedFile), cfg.LockTimeout, cfg.MaxConcurrentActivities, log)
 	if err != nil {
 		stopWork()
 		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
 	}
-	be.activities = batches
+	be.store = store
 	lister, err := openInstanceLister(cfg.EmbeddedFile)
 	if err != nil {
 		stopWork()
+		store.close(ctx)
 		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
 	}
 
@@ -137,7 +138,7 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 		closed := make(chan result, 1)
 		go func() {
 			lister.close()
-			checkpointed, err := batches.close(ctx)
+			checkpointed, err := store.close(ctx)
 			closed <- result{checkpointed, err}
 		}()
 		select {
@@ -152,7 +153,7 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 			return errors.Join(handedBack, fmt.Errorf("closing the hub file: %w", ctx.Err()))
 		}
 	}
-	return &Hub{Client: embeddedClient{c: backend.NewTaskHubClient(be), be: be, lister: lister}, close: closeHub}, nil
+	return &Hub{Client: embeddedClient{c: backend.NewTaskHubClient(clientBackend{be}), be: be, lister: lister}, close: closeHub}, nil
 }
 
 // createTaskHubShared is createTaskHub, tried again for up to

@@ -7,6 +7,7 @@ import (
 
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/microsoft/durabletask-go/backend"
+	"github.com/rs/zerolog"
 )
 
 // The library's own poll loop backs off to 5 s when idle, so the first
@@ -49,25 +50,28 @@ func signal(c chan struct{}) {
 	}
 }
 
-// hubBackend wraps the SQLite backend for three reasons. It takes and
-// records activity work items in batches (activityBatches). It wakes the
-// worker that has new work after each write that makes some. And it
-// separates the work on an item from the fetching of it: durabletask-go processes an item
-// with the context it was fetched with, so stopping the poll loops would also
-// cancel the items in flight before they could be completed or handed back.
-// Their database calls run under work instead, which is cancelled only when
-// the shutdown grace period is over; handing an item back is never cancelled.
+// hubBackend wraps the SQLite backend for four reasons. It takes and
+// records work items through hubStore: activities in batches, and every
+// item under a lock of its own. It wakes the worker that has new work after
+// each write that makes some. It drops, with a debug line, the work of an
+// instance purged while it ran. And it separates the work on an item from
+// the fetching of it: durabletask-go processes an item with the context it
+// was fetched with, so stopping the poll loops would also cancel the items
+// in flight before they could be completed or handed back. Their database
+// calls run under work instead, which is cancelled only when the shutdown
+// grace period is over; handing an item back is never cancelled.
 type hubBackend struct {
 	backend.Backend
-	wake       wakeups
-	work       context.Context
-	activities *activityBatches
+	wake  wakeups
+	work  context.Context
+	store *hubStore
+	log   zerolog.Logger
 }
 
 func (b hubBackend) CreateOrchestrationInstance(ctx context.Context, e *backend.HistoryEvent, opts ...backend.OrchestrationIdReusePolicyOptions) error {
 	err := errInstanceExists
 	if noReusePolicy(opts) {
-		err = b.activities.create(e)
+		err = b.store.create(e)
 	}
 	if errors.Is(err, errInstanceExists) {
 		// A reuse policy, or an id taken: the backend says what that means.
@@ -89,10 +93,19 @@ func noReusePolicy(opts []backend.OrchestrationIdReusePolicyOptions) bool {
 	return len(policy.OperationStatus) == 0 && policy.Action == 0
 }
 
+// AddNewOrchestrationEvent is how the worker terminates the orchestrations
+// an instance started: as the backend does, whether or not the target
+// exists yet, since a step that starts one and is terminated creates it
+// only when the step is recorded. The client's events go through
+// clientBackend instead.
 func (b hubBackend) AddNewOrchestrationEvent(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) error {
 	err := b.Backend.AddNewOrchestrationEvent(ctx, id, e)
 	signal(b.wake.orchestrations)
 	return err
+}
+
+func (b hubBackend) GetOrchestrationWorkItem(ctx context.Context) (*backend.OrchestrationWorkItem, error) {
+	return b.store.takeOrchestration(ctx)
 }
 
 func (b hubBackend) GetOrchestrationRuntimeState(_ context.Context, wi *backend.OrchestrationWorkItem) (*backend.OrchestrationRuntimeState, error) {
@@ -101,31 +114,55 @@ func (b hubBackend) GetOrchestrationRuntimeState(_ context.Context, wi *backend.
 
 func (b hubBackend) CompleteOrchestrationWorkItem(_ context.Context, wi *backend.OrchestrationWorkItem) error {
 	err := b.Backend.CompleteOrchestrationWorkItem(b.work, wi)
+	b.store.unlocked(wi)
 	signal(b.wake.activities)
 	signal(b.wake.orchestrations)
-	return err
+	return b.droppedIfPurged(err, wi.InstanceID, "step")
 }
 
 func (b hubBackend) AbandonOrchestrationWorkItem(ctx context.Context, wi *backend.OrchestrationWorkItem) error {
 	err := b.Backend.AbandonOrchestrationWorkItem(context.WithoutCancel(ctx), wi)
+	b.store.unlocked(wi)
 	signal(b.wake.orchestrations)
-	return err
+	return b.droppedIfPurged(err, wi.InstanceID, "step")
 }
 
 func (b hubBackend) GetActivityWorkItem(ctx context.Context) (*backend.ActivityWorkItem, error) {
-	return b.activities.next(ctx)
+	return b.store.next(ctx)
 }
 
 func (b hubBackend) CompleteActivityWorkItem(_ context.Context, wi *backend.ActivityWorkItem) error {
-	err := b.activities.complete(wi)
+	err := b.store.complete(wi)
 	signal(b.wake.orchestrations)
 	return err
 }
 
 func (b hubBackend) AbandonActivityWorkItem(ctx context.Context, wi *backend.ActivityWorkItem) error {
 	err := b.Backend.AbandonActivityWorkItem(context.WithoutCancel(ctx), wi)
-	b.activities.release()
+	b.store.release(wi)
 	signal(b.wake.activities)
+	return b.droppedIfPurged(err, wi.InstanceID, "activity")
+}
+
+// droppedIfPurged turns the failure to record or hand back work of an
+// instance that a purge deleted meanwhile into a debug line: the work has
+// nothing left to belong to, and the purge took every row of it.
+func (b hubBackend) droppedIfPurged(err error, id api.InstanceID, what string) error {
+	if err == nil || !b.store.purged(id) {
+		return err
+	}
+	b.log.Debug().Str("instanceId", string(id)).Str("work", what).Msg("dropped work whose instance was purged while it ran")
+	return nil
+}
+
+// clientBackend is the backend as the client sees it: an event for an
+// instance that does not exist (purged, say, since the caller looked) is
+// refused with api.ErrInstanceNotFound, and leaves no row behind.
+type clientBackend struct{ hubBackend }
+
+func (b clientBackend) AddNewOrchestrationEvent(_ context.Context, id api.InstanceID, e *backend.HistoryEvent) error {
+	err := b.store.addEvent(id, e)
+	signal(b.wake.orchestrations)
 	return err
 }
 
