@@ -3,7 +3,7 @@ GO     ?= go
 PORT   ?= 7071
 SOURCES = $(shell find . -name '*.go' -not -path './dist/*') go.mod go.sum
 
-.PHONY: build run lint test fuzz bench package clean
+.PHONY: build run lint test fuzz lifecycle bench package clean
 
 ## build: the handler binary host.json names
 build: handler
@@ -42,6 +42,13 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseScheduler$$' -fuzztime=$(FUZZTIME) ./internal/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzInvocationPayload$$' -fuzztime=$(FUZZTIME) ./internal/customhandler/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadStartRequest$$' -fuzztime=$(FUZZTIME) ./functions/
+
+## lifecycle: the randomized lifecycle test at length: LIFECYCLE_ACTIONS actions on each backend,
+## for each of LIFECYCLE_RUNS seeds (each run draws its own and prints it)
+LIFECYCLE_ACTIONS ?= 300
+LIFECYCLE_RUNS    ?= 5
+lifecycle:
+	$(GO) test -count=$(LIFECYCLE_RUNS) -timeout 2h -run '^TestRandomLifecycle$$' -lifecycle.actions=$(LIFECYCLE_ACTIONS) -v .
 
 ## bench: builds the handler and measures it end to end (internal/bench); the results, with the
 ## machine, go to BENCHMARKS.md. Takes some minutes. BENCHFLAGS=-million adds 1,000,000 items;

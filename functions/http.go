@@ -400,6 +400,9 @@ func Status(hub taskhub.Client, s Settings) http.Handler {
 		case "resume":
 			err = m.resume(r.Context())
 		}
+		if errors.Is(err, api.ErrInstanceNotFound) {
+			err = errNoInstance(id) // purged since it was fetched
+		}
 		if err != nil {
 			renderHubError(w, r, err)
 			return

@@ -27,8 +27,11 @@ import (
 // the process being killed. busy_timeout lets several processes share the
 // file; it comes first because the pragmas run in order and switching to the
 // write-ahead log takes a lock, which processes starting together contend for.
+// Every transaction on it writes, some after a read (a purge, say): begun as
+// a read, such a transaction fails at once, without waiting, when another
+// connection wrote first, so each begins as a write and waits its turn.
 func embeddedDSN(file string) string {
-	return "file:" + file + "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
+	return "file:" + file + "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 }
 
 // handBackTime is the part of Close's time kept, at its end, for handing

@@ -7,6 +7,7 @@ import (
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/microsoft/durabletask-go/backend"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // hubExecutor runs the app's orchestrators and activities for either
@@ -22,14 +23,37 @@ type hubExecutor struct {
 
 // ExecuteOrchestrator turns a panic that escapes the orchestrator into an
 // error, which hands the work item back instead of stopping the process;
-// the worker logs it.
+// the worker logs it. And a terminated instance ends Terminated, suspended
+// or not: durabletask-go v0.6.0 takes a termination while suspended but
+// sends no action until a resume that never comes, so an instance
+// terminated while suspended, or suspended after a terminate was accepted,
+// stayed Running for ever.
 func (x hubExecutor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, old, new []*backend.HistoryEvent) (res *backend.ExecutionResults, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			res, err = nil, fmt.Errorf("orchestrator panicked: %v", p)
 		}
 	}()
-	return x.Executor.ExecuteOrchestrator(ctx, id, old, new)
+	res, err = x.Executor.ExecuteOrchestrator(ctx, id, old, new)
+	if err == nil {
+		if output, ok := terminatedWith(old, new); ok {
+			endOrchestration(res.Response, api.RUNTIME_STATUS_TERMINATED, output, nil)
+		}
+	}
+	return res, err
+}
+
+// terminatedWith returns the output of the first termination among an
+// instance's events, if there is one: what its result must be.
+func terminatedWith(old, new []*backend.HistoryEvent) (*wrapperspb.StringValue, bool) {
+	for _, events := range [][]*backend.HistoryEvent{old, new} {
+		for _, e := range events {
+			if et := e.GetExecutionTerminated(); et != nil {
+				return et.GetInput(), true
+			}
+		}
+	}
+	return nil, false
 }
 
 func (x hubExecutor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) (*backend.HistoryEvent, error) {

@@ -78,10 +78,7 @@ type write struct {
 }
 
 func openHubStore(dsn string, lockFor time.Duration, capacity int, log zerolog.Logger) (*hubStore, error) {
-	// Each transaction here writes, some after a read: begun as a read, it
-	// would fail at once, without waiting, when another process wrote
-	// first, rather than wait its turn to write.
-	db, err := sql.Open("sqlite", dsn+"&_txlock=immediate")
+	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, err
 	}
@@ -289,7 +286,7 @@ func (s *hubStore) record(batch []write) []error {
 	}
 	defer tx.Rollback()
 	stmts := map[string]*sql.Stmt{}
-	exec := func(query string, args ...any) (sql.Result, error) {
+	prepared := func(query string) (*sql.Stmt, error) {
 		st, ok := stmts[query]
 		if !ok {
 			if st, err = tx.PrepareContext(ctx, query); err != nil {
@@ -297,18 +294,20 @@ func (s *hubStore) record(batch []write) []error {
 			}
 			stmts[query] = st
 		}
+		return st, nil
+	}
+	exec := func(query string, args ...any) (sql.Result, error) {
+		st, err := prepared(query)
+		if err != nil {
+			return nil, err
+		}
 		return st.ExecContext(ctx, args...)
 	}
-	exists := func(id string) (bool, error) {
-		st, ok := stmts[instanceExists]
-		if !ok {
-			if st, err = tx.PrepareContext(ctx, instanceExists); err != nil {
-				return false, err
-			}
-			stmts[instanceExists] = st
+	exists := func(id string) (found bool, err error) {
+		st, err := prepared(instanceExists)
+		if err == nil {
+			err = st.QueryRowContext(ctx, id).Scan(&found)
 		}
-		var found bool
-		err := st.QueryRowContext(ctx, id).Scan(&found)
 		return found, err
 	}
 	for i, w := range batch {

@@ -113,6 +113,14 @@ func (b hubBackend) GetOrchestrationRuntimeState(_ context.Context, wi *backend.
 }
 
 func (b hubBackend) CompleteOrchestrationWorkItem(_ context.Context, wi *backend.OrchestrationWorkItem) error {
+	// The backend records a suspension over an end, so an instance that
+	// ended while suspended (terminated: see hubExecutor) would read as
+	// Suspended for ever: it is resumed as it ends.
+	if wi.State != nil && wi.State.IsCompleted() && wi.State.RuntimeStatus() == api.RUNTIME_STATUS_SUSPENDED {
+		if err := wi.State.AddEvent(resumedEvent()); err != nil {
+			return err
+		}
+	}
 	err := b.Backend.CompleteOrchestrationWorkItem(b.work, wi)
 	b.store.unlocked(wi)
 	signal(b.wake.activities)
