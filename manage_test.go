@@ -82,7 +82,9 @@ func TestManageInstances(t *testing.T) {
 		newID := restarted["id"].(string)
 
 		// Terminated, it ends with the reason as output, and so do its
-		// partitions.
+		// partitions, once it has started them (terminated before its first
+		// step, it would start none).
+		pollStatus(t, p, newID+":p0", "Running")
 		if code, body := call("POST", strings.Replace(restarted["terminatePostUri"].(string), "{text}", "enough", 1)); code != http.StatusAccepted {
 			t.Fatalf("terminate: got %d %v, want 202", code, body)
 		}
