@@ -16,11 +16,42 @@ import (
 	"testing"
 	"time"
 
+	"fanoutfanin/internal/dtstest"
 	"fanoutfanin/internal/hubfile"
 )
 
+// lifecycleBackends are backends, and the scheduler path through the strict
+// conformance server, which fails the test on any protocol violation it saw:
+// a completion or hand-back with another item's token, a retry after the
+// scheduler said an item was gone.
+var lifecycleBackends = append(slices.Clip(backends), struct {
+	name     string
+	settings func(t *testing.T, root string, extra ...string) map[string]string
+}{"conformance", func(t *testing.T, root string, extra ...string) map[string]string {
+	upstream, _ := dtstest.StartSidecar(t, 0, filepath.Join(root, "sidecar.sqlite"))
+	srv, err := dtstest.Start(dtstest.Options{Upstream: upstream, TaskHub: "default", PingInterval: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, v := range srv.Violations() {
+			t.Errorf("protocol violation: %s", v)
+		}
+		srv.Close()
+	})
+	return onScheduler(t, srv.Addr(), extra...)
+}})
+
+// forEachLifecycleBackend runs test once on every one of lifecycleBackends.
+func forEachLifecycleBackend(t *testing.T, test func(t *testing.T, settings func(t *testing.T, root string, extra ...string) map[string]string)) {
+	for _, b := range lifecycleBackends {
+		t.Run(b.name, func(t *testing.T) { test(t, b.settings) })
+	}
+}
+
 // hubFile is the SQLite file of the backend settings chose: the embedded
-// hub's, or the upstream sidecar's behind the scheduler path.
+// hub's, or the upstream sidecar's behind the scheduler path (directly or
+// through the conformance server).
 func hubFile(root string, settings map[string]string) string {
 	if settings["DURABLE_TASK_SCHEDULER_CONNECTION_STRING"] == "" {
 		return filepath.Join(root, "data", "default.sqlite")
@@ -60,7 +91,7 @@ func errorLines(t *testing.T, p *handlerProcess) []map[string]any {
 // takes the new instance's place nor leaves a row behind, and the new
 // instance completes.
 func TestPurgeWhileAnActivityRunsLosesNothing(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, settings func(t *testing.T, root string, extra ...string) map[string]string) {
+	forEachLifecycleBackend(t, func(t *testing.T, settings func(t *testing.T, root string, extra ...string) map[string]string) {
 		root := newAppRoot(t, nil)
 		s := settings(t, root, "FANOUT_WORK_MIN_DELAY", "600ms", "FANOUT_WORK_MAX_DELAY", "600ms", "FANOUT_LOG_LEVEL", "debug")
 		p := startHandler(t, root, s)
@@ -355,7 +386,7 @@ func TestRandomLifecycle(t *testing.T) {
 	if seed == 0 {
 		seed = rand.Uint64()
 	}
-	forEachBackend(t, func(t *testing.T, settings func(t *testing.T, root string, extra ...string) map[string]string) {
+	forEachLifecycleBackend(t, func(t *testing.T, settings func(t *testing.T, root string, extra ...string) map[string]string) {
 		t.Logf("seed %d", seed)
 		root := newAppRoot(t, nil)
 		l := &lifecycle{t: t, rng: rand.New(rand.NewPCG(seed, 0)), root: root}
