@@ -296,12 +296,17 @@ func (s *hubStore) record(batch []write) []error {
 		}
 		return st, nil
 	}
-	exec := func(query string, args ...any) (sql.Result, error) {
+	// exec runs a statement and says how many rows it changed.
+	exec := func(query string, args ...any) (int64, error) {
 		st, err := prepared(query)
 		if err != nil {
-			return nil, err
+			return 0, err
 		}
-		return st.ExecContext(ctx, args...)
+		res, err := st.ExecContext(ctx, args...)
+		if err != nil {
+			return 0, err
+		}
+		return res.RowsAffected()
 	}
 	exists := func(id string) (found bool, err error) {
 		st, err := prepared(instanceExists)
@@ -317,11 +322,7 @@ func (s *hubStore) record(batch []write) []error {
 		switch {
 		case w.result != nil:
 			id, event = string(w.result.InstanceID), w.result.Result
-			res, err := exec(deleteTask, w.result.SequenceNumber, w.result.LockedBy)
-			if err != nil {
-				return fail(err)
-			}
-			n, err := res.RowsAffected()
+			n, err := exec(deleteTask, w.result.SequenceNumber, w.result.LockedBy)
 			if err != nil {
 				return fail(err)
 			}
@@ -340,12 +341,8 @@ func (s *hubStore) record(batch []write) []error {
 		case w.start != nil:
 			es := w.start.GetExecutionStarted()
 			id, event = es.GetOrchestrationInstance().GetInstanceId(), w.start
-			res, err := exec(insertInstance, es.GetName(), es.GetVersion().GetValue(), id,
+			n, err := exec(insertInstance, es.GetName(), es.GetVersion().GetValue(), id,
 				es.GetOrchestrationInstance().GetExecutionId().GetValue(), es.GetInput().GetValue(), w.start.GetTimestamp().AsTime())
-			if err != nil {
-				return fail(err)
-			}
-			n, err := res.RowsAffected()
 			if err != nil {
 				return fail(err)
 			}
