@@ -501,3 +501,31 @@ func TestTerminateWhileSuspended(t *testing.T) {
 		pollStatus(t, p, suspended+":p0", "Terminated")
 	})
 }
+
+// Suspended twice before the first suspension took hold, an instance is
+// resumed by one resume, and completes.
+func TestSuspendedTwiceResumesOnce(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, settings func(t *testing.T, root string, extra ...string) map[string]string) {
+		root := newAppRoot(t, nil)
+		p := startHandler(t, root, settings(t, root, "FANOUT_PARTITION_SIZE", "2"))
+		p.waitReady(t)
+		items := []string{"a", "b", "c"}
+		var id string
+		for try := 0; id == ""; try++ {
+			if try == 20 {
+				t.Fatal("the first suspension took hold before a second could be sent, 20 times")
+			}
+			_, _, started := p.forward(t, "POST", "/api/fan_out_fan_in", `{"workItems": ["a", "b", "c"]}`)
+			candidate := started["id"].(string)
+			p.forward(t, "POST", "/api/status/"+candidate+"/suspend", "")
+			if code, _, _ := p.forward(t, "POST", "/api/status/"+candidate+"/suspend", ""); code == http.StatusAccepted {
+				id = candidate
+			}
+		}
+		pollStatus(t, p, id, "Suspended")
+		if code, _, res := p.forward(t, "POST", "/api/status/"+id+"/resume", ""); code != http.StatusAccepted {
+			t.Fatalf("resume: got %d %v", code, res)
+		}
+		checkSummary(t, pollStatus(t, p, id, "Completed"), items)
+	})
+}

@@ -31,20 +31,15 @@ func (m manager) conflict(format string, args ...any) error {
 }
 
 // terminate ends the instance, and so its partitions, as Terminated, with
-// the reason as its output. What is suspended is resumed first: a
-// durabletask-go v0.6.0 backend (the sidecar) records the end of a
-// suspended instance as Suspended still.
+// the reason as its output. A suspended instance is resumed first, with its
+// partitions: a durabletask-go v0.6.0 backend (the sidecar) records the end
+// of a suspended instance as Suspended still.
 func (m manager) terminate(ctx context.Context) error {
 	if m.md.IsComplete() {
 		return m.conflict("only a pending, running or suspended instance can be terminated")
 	}
-	if err := m.eachPartition(ctx, api.RUNTIME_STATUS_SUSPENDED, func(id api.InstanceID) error {
-		return m.hub.ResumeOrchestration(ctx, id, m.reason)
-	}); err != nil {
-		return err
-	}
 	if m.md.RuntimeStatus == api.RUNTIME_STATUS_SUSPENDED {
-		if err := m.hub.ResumeOrchestration(ctx, m.id(), m.reason); err != nil {
+		if err := m.resume(ctx); err != nil {
 			return fmt.Errorf("resuming %s to terminate it: %w", m.id(), err)
 		}
 	}

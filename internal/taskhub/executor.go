@@ -3,6 +3,7 @@ package taskhub
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/microsoft/durabletask-go/backend"
@@ -34,6 +35,7 @@ func (x hubExecutor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID,
 			res, err = nil, fmt.Errorf("orchestrator panicked: %v", p)
 		}
 	}()
+	old, new = suspensionsThatCount(old, new)
 	res, err = x.Executor.ExecuteOrchestrator(ctx, id, old, new)
 	if err == nil {
 		if output, ok := terminatedWith(old, new); ok {
@@ -41,6 +43,48 @@ func (x hubExecutor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID,
 		}
 	}
 	return res, err
+}
+
+// suspensionsThatCount leaves out a suspension of an instance already
+// suspended, and a resumption of one that is not, as the backend's own
+// status does. durabletask-go v0.6.0's executor holds the second of two
+// suspensions back until the resumption, then applies it: one resume left
+// the instance suspended inside, Running outside, for ever. A step's events
+// pass through as they are when there is nothing to leave out.
+func suspensionsThatCount(old, new []*backend.HistoryEvent) ([]*backend.HistoryEvent, []*backend.HistoryEvent) {
+	suspended := false
+	counts := func(e *backend.HistoryEvent) bool {
+		switch {
+		case e.GetExecutionSuspended() != nil:
+			if suspended {
+				return false
+			}
+			suspended = true
+		case e.GetExecutionResumed() != nil:
+			if !suspended {
+				return false
+			}
+			suspended = false
+		}
+		return true
+	}
+	keep := func(events []*backend.HistoryEvent) []*backend.HistoryEvent {
+		for i, e := range events {
+			if counts(e) {
+				continue
+			}
+			kept := slices.Clone(events[:i])
+			for _, e := range events[i+1:] {
+				if counts(e) {
+					kept = append(kept, e)
+				}
+			}
+			return kept
+		}
+		return events
+	}
+	old = keep(old)
+	return old, keep(new)
 }
 
 // terminatedWith returns the output of the first termination among an
