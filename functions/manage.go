@@ -59,17 +59,24 @@ func (m manager) suspend(ctx context.Context) error {
 	if err := m.hub.SuspendOrchestration(ctx, m.id(), m.reason); err != nil {
 		return fmt.Errorf("suspending %s: %w", m.id(), err)
 	}
-	return m.eachPartition(ctx, api.RUNTIME_STATUS_RUNNING, func(id api.InstanceID) error {
+	return m.eachPartition(ctx, func(st api.OrchestrationStatus) bool {
+		return st == api.RUNTIME_STATUS_RUNNING || st == api.RUNTIME_STATUS_PENDING
+	}, func(id api.InstanceID) error {
 		return m.hub.SuspendOrchestration(ctx, id, m.reason)
 	})
 }
 
-// resume resumes the instance and its suspended partitions.
+// resume resumes the instance and its unfinished partitions: those whose
+// suspension is still on its way too, which a resume only of those already
+// suspended would leave suspended for ever. A partition that is not
+// suspended passes over the resume (see the task hub's executor).
 func (m manager) resume(ctx context.Context) error {
 	if m.md.RuntimeStatus != api.RUNTIME_STATUS_SUSPENDED {
 		return m.conflict("only a suspended instance can be resumed")
 	}
-	if err := m.eachPartition(ctx, api.RUNTIME_STATUS_SUSPENDED, func(id api.InstanceID) error {
+	if err := m.eachPartition(ctx, func(st api.OrchestrationStatus) bool {
+		return st == api.RUNTIME_STATUS_SUSPENDED || st == api.RUNTIME_STATUS_RUNNING || st == api.RUNTIME_STATUS_PENDING
+	}, func(id api.InstanceID) error {
 		return m.hub.ResumeOrchestration(ctx, id, m.reason)
 	}); err != nil {
 		return err
@@ -80,9 +87,10 @@ func (m manager) resume(ctx context.Context) error {
 	return nil
 }
 
-// eachPartition calls do for each of the instance's partitions that is in
-// state. Partitions start in order, so the first missing one ends the list.
-func (m manager) eachPartition(ctx context.Context, state api.OrchestrationStatus, do func(api.InstanceID) error) error {
+// eachPartition calls do for each of the instance's partitions whose state
+// in accepts. Partitions start in order, so the first missing one ends the
+// list.
+func (m manager) eachPartition(ctx context.Context, in func(api.OrchestrationStatus) bool, do func(api.InstanceID) error) error {
 	for k := 0; ; k++ {
 		id := api.InstanceID(PartitionID(string(m.id()), k))
 		md, err := m.hub.FetchOrchestrationMetadata(ctx, id, api.WithFetchPayloads(false))
@@ -91,7 +99,7 @@ func (m manager) eachPartition(ctx context.Context, state api.OrchestrationStatu
 		} else if err != nil {
 			return fmt.Errorf("fetching partition %s: %w", id, err)
 		}
-		if md.RuntimeStatus == state {
+		if in(md.RuntimeStatus) {
 			if err := do(id); err != nil {
 				return fmt.Errorf("partition %s: %w", id, err)
 			}
