@@ -218,6 +218,23 @@ func (b *browser) screenshot(t *testing.T, paths ...string) {
 
 // artifactDir is where tests leave files to look at: $FANOUT_TEST_ARTIFACTS,
 // else test-artifacts/ at the repository's root.
+// fits checks that the page, as it is, fits a phone (375 px) and a laptop
+// (1280 px) screen: no horizontal scrollbar, and no table that scrolls
+// sideways inside its box.
+func (b *browser) fits(t *testing.T, what string) {
+	t.Helper()
+	for _, width := range []int64{1280, 375} {
+		b.run(t, fmt.Sprintf("showing %s %d px wide", what, width), chromedp.EmulateViewport(width, 800))
+		var overflow []string
+		b.eval(t, `[document.documentElement.scrollWidth > window.innerWidth ? 'the page, ' + document.documentElement.scrollWidth + ' px' : '',
+			...[...document.querySelectorAll('.table-wrap')].filter((e) => e.offsetParent !== null && e.scrollWidth > e.clientWidth).map((e) => e.id || 'a table')].filter(Boolean)`, &overflow)
+		if len(overflow) > 0 {
+			t.Errorf("%s, %d px wide, scrolls sideways: %s", what, width, strings.Join(overflow, ", "))
+		}
+	}
+	b.run(t, "restoring the window's size", chromedp.EmulateReset())
+}
+
 func artifactDir() string {
 	if dir := os.Getenv("FANOUT_TEST_ARTIFACTS"); dir != "" {
 		return dir
@@ -334,6 +351,7 @@ func TestStatusPage(t *testing.T) {
 	b.waitFor(t, "the summary of the first in the list", fmt.Sprintf(`[...document.querySelectorAll('#list-body tr')].some((tr) => tr.cells[0].textContent === %s && tr.cells[6].textContent === '27 processed, 3 failed')`, jsString(id)))
 	b.run(t, "showing partitions", chromedp.Click("#filter-partitions", chromedp.ByQuery))
 	b.waitFor(t, "partitions listed", fmt.Sprintf(`[...document.querySelectorAll('#list-body a')].some((a) => a.textContent === %s)`, jsString(id+":p2")))
+	b.fits(t, "the list")
 	b.run(t, "opening the list a page at a time", chromedp.Navigate(p.url("/api/status?code=secret&top=1")))
 	b.waitFor(t, "the first page", fmt.Sprintf(`document.querySelector('#list-body a')?.textContent === %s && !document.getElementById('next').disabled`, jsString(slow)))
 	b.run(t, "going to the next page", chromedp.Click("#next", chromedp.ByQuery))
@@ -400,6 +418,7 @@ func TestStatusPage(t *testing.T) {
 	b.run(t, "opening the finished instance", chromedp.Navigate(instancePage))
 	b.waitFor(t, "its summary, partitions and failed items", `document.querySelector('#summary dd') !== null &&
 		document.querySelectorAll('#partitions-body tr').length === 3 && document.querySelectorAll('#failed-body tr').length === 3`)
+	b.fits(t, "the finished instance")
 	b.run(t, "settling", chromedp.Evaluate(`document.activeElement.blur()`, nil))
 	paths := []string{filepath.Join(artifactDir(), t.Name()+".png")}
 	if docs := os.Getenv("FANOUT_SCREENSHOT"); docs != "" {

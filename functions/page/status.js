@@ -219,9 +219,17 @@ function statusCells(st, label) {
 }
 
 // replaceRows swaps a table body's rows, keeping keyboard focus on the same
-// link if it was on one: the tables are redrawn every refresh.
+// link if it was on one: the tables are redrawn every refresh. Each cell is
+// labelled with its column's heading, which narrow screens show beside it
+// (status.css).
 function replaceRows(tbody, rows) {
   const focused = tbody.contains(document.activeElement) ? document.activeElement.getAttribute('href') : null;
+  const heads = [...tbody.closest('table').tHead.rows[0].cells].map((th) => th.textContent);
+  for (const tr of rows) {
+    [...tr.cells].forEach((td, i) => {
+      if (td.colSpan === 1) td.dataset.label = heads[i] ?? '';
+    });
+  }
   tbody.replaceChildren(...rows);
   if (focused) {
     const again = [...tbody.querySelectorAll('a')].find((a) => a.getAttribute('href') === focused);
@@ -544,7 +552,7 @@ function instanceView() {
     $('failed-note').textContent = omitted
       ? `${fmtNumber(omitted)} more failed ${omitted === 1 ? 'item is' : 'items are'} not listed.`
       : '';
-    $('failed-body').replaceChildren(...failed.map((f) => {
+    replaceRows($('failed-body'), failed.map((f) => {
       const tr = document.createElement('tr');
       tr.append(
         cell(fmtNumber(f.index), 'num'),
