@@ -216,8 +216,6 @@ func (b *browser) screenshot(t *testing.T, paths ...string) {
 	}
 }
 
-// artifactDir is where tests leave files to look at: $FANOUT_TEST_ARTIFACTS,
-// else test-artifacts/ at the repository's root.
 // fits checks that the page, as it is, fits a phone (375 px) and a laptop
 // (1280 px) screen: no horizontal scrollbar, and no table that scrolls
 // sideways inside its box.
@@ -232,9 +230,11 @@ func (b *browser) fits(t *testing.T, what string) {
 			t.Errorf("%s, %d px wide, scrolls sideways: %s", what, width, strings.Join(overflow, ", "))
 		}
 	}
-	b.run(t, "restoring the window's size", chromedp.EmulateReset())
+	b.run(t, "restoring the window's size", chromedp.EmulateViewport(1000, 800)) // as startBrowser opens it
 }
 
+// artifactDir is where tests leave files to look at: $FANOUT_TEST_ARTIFACTS,
+// else test-artifacts/ at the repository's root.
 func artifactDir() string {
 	if dir := os.Getenv("FANOUT_TEST_ARTIFACTS"); dir != "" {
 		return dir
@@ -327,7 +327,7 @@ func TestStatusPage(t *testing.T) {
 	if !page.NotReloaded {
 		t.Error("the page reloaded itself")
 	}
-	for _, want := range []string{"Processed\n27", "Failed\n3", "Partitions\n3"} {
+	for _, want := range []string{"Processed\n27", "Failed\n3", "Total value\n", "Average value\n", "Total processing time\n", "Partitions\n3"} {
 		if !strings.Contains(page.Summary, want) {
 			t.Errorf("summary %q lacks %q", page.Summary, want)
 		}

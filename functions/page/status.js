@@ -112,6 +112,31 @@ function timeElement(iso) {
 
 const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 
+// readable turns a field name (total_value, averageValue) into a label
+// (Total value, Average value).
+function readable(key) {
+  const words = key.replace(/([a-z0-9])([A-Z])/g, '$1 $2').replace(/[_\-.]+/g, ' ').trim().toLowerCase();
+  return words.charAt(0).toUpperCase() + words.slice(1);
+}
+
+// factValue shows a summary field's value: numbers formatted, yes or no,
+// text as it is, an object of such values as "key: value, …", and anything
+// else as compact JSON.
+function factValue(v) {
+  switch (typeof v) {
+    case 'number':
+      return fmtNumber(v);
+    case 'boolean':
+      return v ? 'yes' : 'no';
+    case 'string':
+      return v;
+  }
+  if (isObject(v) && Object.values(v).every((x) => x === null || typeof x !== 'object')) {
+    return Object.entries(v).map(([k, x]) => `${k}: ${factValue(x)}`).join(', ') || '–';
+  }
+  return v === null || v === undefined ? '–' : JSON.stringify(v);
+}
+
 // progressOf is {completed, total}, either null when not known yet.
 function progressOf(st) {
   const cs = isObject(st.customStatus) ? st.customStatus : {};
@@ -512,20 +537,32 @@ function instanceView() {
     document.title = `${status || 'Instance'} · ${instanceId} · Fan-out/fan-in`;
   }
 
+  // summaryFacts lists a summary's fields as [label, value, tone]: the
+  // counts every fan-out has first, then every other field in its order,
+  // under its own name made readable. Lists the page shows apart, or that
+  // would be too long to read as a fact, are left out.
+  function summaryFacts(out) {
+    const facts = [
+      ['Processed', fmtNumber(out.total_items_processed), 'good'],
+      ['Failed', fmtNumber(out.total_items_failed), out.total_items_failed ? 'bad' : ''],
+    ];
+    const shown = new Set(['total_items_processed', 'total_items_failed', 'partitions', 'success',
+      'failed_items', 'failed_items_omitted', 'processed_items', 'processed_items_omitted']);
+    for (const [key, value] of Object.entries(out)) {
+      if (shown.has(key) || Array.isArray(value)) continue;
+      facts.push([readable(key), factValue(value)]);
+    }
+    if (out.partitions) facts.push(['Partitions', fmtNumber(out.partitions)]);
+    return facts;
+  }
+
   function renderResult(st, status, out) {
     const summary = $('summary');
     const failure = $('failure');
     const facts = [];
     failure.hidden = true;
-    if (status === 'Completed' && out) {
-      facts.push(
-        ['Processed', fmtNumber(out.total_items_processed), 'good'],
-        ['Failed', fmtNumber(out.total_items_failed), out.total_items_failed ? 'bad' : ''],
-        ['Total value', fmtNumber(out.total_value)],
-        ['Average value', fmtNumber(out.average_value)],
-        ['Processing time', fmtDuration((out.total_processing_time || 0) * 1000)],
-      );
-      if (out.partitions) facts.push(['Partitions', fmtNumber(out.partitions)]);
+    if (status === 'Completed' && isObject(out)) {
+      facts.push(...summaryFacts(out));
     } else if (status === 'Failed' || status === 'Terminated') {
       const text = typeof st.output === 'string' ? st.output : st.output === null ? '' : JSON.stringify(st.output);
       const head = document.createElement('strong');
