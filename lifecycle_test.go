@@ -216,27 +216,28 @@ type instance struct {
 	purged     bool
 }
 
-// lifecycle drives one handler, killed and started again at random, and
-// the instances it started.
+// lifecycle drives handlers sharing one task hub, each killed and started
+// again at random, and the instances they started.
 type lifecycle struct {
 	t        *testing.T
 	rng      *rand.Rand
 	root     string
 	settings map[string]string
-	p        *handlerProcess
-	all      []*handlerProcess
+	running  []*handlerProcess // one a slot
+	all      []*handlerProcess // every one started, for their logs
 	started  []*instance
 	kills    int
 	actions  []string // what act did, for the failure message
 }
 
-// call sends a request to the running handler, again while it answers 503
-// (a handler just started on the scheduler path may not be connected yet),
-// and fails the test on any other 5xx.
+// call sends a request to one of the running handlers, again while it
+// answers 503 (a handler just started on the scheduler path may not be
+// connected yet), and fails the test on any other 5xx.
 func (l *lifecycle) call(method, path, body string) (int, map[string]any) {
 	l.t.Helper()
+	p := l.running[l.rng.IntN(len(l.running))]
 	for try := 0; ; try++ {
-		code, _, res := l.p.forward(l.t, method, path, body)
+		code, _, res := p.forward(l.t, method, path, body)
 		if code == http.StatusServiceUnavailable && try < 100 {
 			time.Sleep(100 * time.Millisecond)
 			continue
@@ -258,10 +259,12 @@ func (l *lifecycle) start(items []string) {
 	l.started = append(l.started, &instance{id: res["id"].(string), items: items})
 }
 
-func (l *lifecycle) startHandler() {
-	l.p = startHandler(l.t, l.root, l.settings)
-	l.all = append(l.all, l.p)
-	l.p.waitReady(l.t)
+// startHandler starts a handler in slot.
+func (l *lifecycle) startHandler(slot int) {
+	p := startHandler(l.t, l.root, l.settings)
+	l.running[slot] = p
+	l.all = append(l.all, p)
+	p.waitReady(l.t)
 }
 
 // act takes one action, chosen at random, and checks its answer against
@@ -323,11 +326,12 @@ func (l *lifecycle) act() string {
 		}
 		return s
 	case r < 13:
-		l.p.cmd.Process.Signal(syscall.SIGKILL)
-		l.p.waitExit(t, 15*time.Second)
+		slot := l.rng.IntN(len(l.running))
+		l.running[slot].cmd.Process.Signal(syscall.SIGKILL)
+		l.running[slot].waitExit(t, 15*time.Second)
 		l.kills++
-		l.startHandler()
-		return "kill -9 and start again"
+		l.startHandler(slot)
+		return fmt.Sprintf("kill -9 handler %d and start it again", slot)
 	default:
 		d := time.Duration(20+l.rng.IntN(400)) * time.Millisecond
 		time.Sleep(d)
@@ -374,9 +378,10 @@ func (l *lifecycle) settle(within time.Duration) map[string]map[string]any {
 	}
 }
 
-// Several fan-outs at once, with random interleavings of start, terminate,
-// suspend, resume, restart, purge, a kill -9 and restart of the handler, and
-// items that fail their first attempt. Once every suspended instance is
+// Several fan-outs at once on two handlers sharing the task hub, with
+// random interleavings of start, terminate, suspend, resume, restart, purge,
+// a kill -9 and restart of either handler, and items that fail their first
+// attempt. Once every suspended instance is
 // resumed, each instance ends as the actions explain: completed with every
 // item counted once, or terminated if a terminate was accepted; a purged
 // one is gone, rows and all; and nothing was logged at error level.
@@ -401,7 +406,10 @@ func TestRandomLifecycle(t *testing.T) {
 			"FANOUT_PARTITION_SIZE", "3",
 			"FANOUT_EMBEDDED_LOCK_TIMEOUT", "1s",
 			"FANOUT_FAIL_ITEMS", "flaky-.*", "FANOUT_FAIL_ATTEMPTS", "1", "FANOUT_ITEM_RETRY_DELAY", "50ms")
-		l.startHandler()
+		l.running = make([]*handlerProcess, 2)
+		for slot := range l.running {
+			l.startHandler(slot)
+		}
 		for range *lifecycleActions {
 			l.actions = append(l.actions, l.act())
 		}
