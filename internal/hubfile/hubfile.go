@@ -37,7 +37,7 @@ func Locked(file string) (workItems, instances int, err error) {
 }
 
 func count(file, query string, args ...any) (int, error) {
-	db, err := sql.Open("sqlite", "file:"+file)
+	db, err := sql.Open("sqlite", dsn(file))
 	if err != nil {
 		return 0, err
 	}
@@ -50,7 +50,7 @@ func count(file, query string, args ...any) (int, error) {
 }
 
 func events(file, query, id string) ([]*backend.HistoryEvent, error) {
-	db, err := sql.Open("sqlite", "file:"+file)
+	db, err := sql.Open("sqlite", dsn(file))
 	if err != nil {
 		return nil, err
 	}
@@ -87,4 +87,10 @@ func Rows(file, id string) (map[string]int, error) {
 		rows[table] = n
 	}
 	return rows, nil
+}
+
+// dsn opens file read-only and waits for a live handler's or sidecar's write
+// to finish instead of failing with SQLITE_BUSY.
+func dsn(file string) string {
+	return "file:" + file + "?_pragma=busy_timeout(10000)&_pragma=query_only(1)"
 }
