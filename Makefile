@@ -32,7 +32,7 @@ lint:
 ## fan-out, which the race detector slows too much, without it, then the fuzzers briefly
 test: lint
 	$(GO) test -race -count=1 ./...
-	$(GO) test -count=1 -run 'TestTwentyThousandItems' ./functions/
+	$(GO) test -count=1 -run 'TestTwentyThousandItems' ./internal/fanout/
 	$(MAKE) --no-print-directory fuzz
 
 ## fuzz: each fuzz target for FUZZTIME (5s); go test takes one -fuzz target per run.

@@ -710,9 +710,10 @@ func completedItems(t *testing.T, file, id string) map[string]bool {
 	var completed []int32
 	for _, e := range append(history, pending...) {
 		if ts := e.GetTaskScheduled(); ts != nil && ts.Name == "process_work_item" {
-			var item string
-			json.Unmarshal([]byte(ts.Input.GetValue()), &item)
-			scheduled[e.EventId] = item
+			// {"item", "index", "attempt"}
+			var in struct{ Item string }
+			json.Unmarshal([]byte(ts.Input.GetValue()), &in)
+			scheduled[e.EventId] = in.Item
 		}
 		if tc := e.GetTaskCompleted(); tc != nil {
 			completed = append(completed, tc.TaskScheduledId)

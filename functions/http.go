@@ -2,23 +2,19 @@ package functions
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gorilla/mux"
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/rs/zerolog"
 
-	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/httpjson"
 	"fanoutfanin/internal/taskhub"
 )
@@ -35,24 +31,22 @@ type HTTPFunction struct {
 // status function for an instance.
 type StatusURL func(r *http.Request, instanceID string) string
 
-// Settings are what the HTTP functions go by, besides the task hub.
+// Settings are what the HTTP functions go by, besides the engine.
 type Settings struct {
-	Limits    config.Limits
-	Retry     config.Retry
-	Bounds    taskhub.Bounds // the task hub's
-	StatusURL StatusURL
+	MaxBodyBytes int64
+	MaxItems     int // bounds count and maxParallelism
+	StatusURL    StatusURL
 }
 
-// HTTP returns the app's HTTP functions.
-func HTTP(hub taskhub.Client, s Settings) []HTTPFunction {
-	return []HTTPFunction{
-		{Name: "fan_out_fan_in", Handler: StartFanOut(hub, s)},
-		{Name: "status", RouteParams: []string{"instanceId", "action"}, Handler: Status(hub, s)},
+// HTTP returns the app's HTTP functions: one that starts each of the
+// engine's fan-outs, named as it is, and status.
+func HTTP(c *fanout.Client, fanouts []string, s Settings) []HTTPFunction {
+	var fns []HTTPFunction
+	for _, name := range fanouts {
+		fns = append(fns, HTTPFunction{Name: name, Handler: StartFanOut(c, name, s)})
 	}
+	return append(fns, HTTPFunction{Name: "status", RouteParams: []string{"instanceId", "action"}, Handler: Status(c, s)})
 }
-
-// DefaultWorkItems are processed when a start request names none.
-var DefaultWorkItems = []string{"Item1", "Item2", "Item3", "Item4", "Item5"}
 
 // Retry-After values, in seconds, as Durable Functions sends them.
 const (
@@ -85,138 +79,40 @@ func newCheckStatus(id, statusURL string) checkStatus {
 	}
 }
 
-// StartFanOut is fan_out_fan_in: it validates the request, schedules the
-// orchestration and answers 202 with where to watch it.
-func StartFanOut(hub taskhub.Client, s Settings) http.Handler {
+// StartFanOut starts fan-out name: it reads the request, has the engine
+// schedule the orchestration and answers 202 with where to watch it.
+func StartFanOut(c *fanout.Client, name string, s Settings) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		plan, err := readStartRequest(w, r, s.Limits)
+		req, err := readStartRequest(w, r, s)
 		if err != nil {
-			httpjson.RenderError(w, r, err)
+			renderError(w, r, err)
 			return
 		}
-		start(w, r, hub, s, plan)
+		started, err := c.Start(r.Context(), name, req)
+		if err != nil {
+			renderError(w, r, err)
+			return
+		}
+		renderStarted(w, r, s, started)
 	})
 }
 
-// start schedules an orchestration of the plan's items, count and
-// parallelism, the rest as the settings say, and answers 202 with where to
-// watch it. Work items that do not fit one orchestration input on the task
-// hub follow the start as events, in parts that do.
-func start(w http.ResponseWriter, r *http.Request, hub taskhub.Client, s Settings, plan Plan) {
-	limits, bounds, statusURL := s.Limits, s.Bounds, s.StatusURL
-	retry := NewRetryPolicy(s.Retry)
-	plan.Retry = &retry
-	plan.PartitionSize = limits.PartitionSize
-	// Three quarters of a payload: the rest of a summary, a step or an
-	// event needs room too.
-	budget := bounds.MaxPayloadBytes * 3 / 4
-	plan.ListBytes = budget
-	plan.StepBytes = bounds.MaxStepBytes * 3 / 4
-	var chunks [][]string
-	if budget > 0 && len(plan.Items) > 0 {
-		sizes := encodedSizes(plan.Items)
-		if err := fitPartitions(sizes, plan.PartitionSize, budget); err != nil {
-			httpjson.RenderError(w, r, err)
-			return
-		}
-		if input, _ := json.Marshal(plan); len(input) > bounds.MaxPayloadBytes {
-			chunks = chunk(plan.Items, sizes, budget)
-			plan.Chunks, plan.Total, plan.Items = len(chunks), len(plan.Items), nil
-		}
-	}
-	n := max(plan.Count, plan.Total, len(plan.Items))
-	id, err := hub.ScheduleNewOrchestration(r.Context(), OrchestratorName, api.WithInput(plan))
-	if err != nil {
-		renderHubError(w, r, fmt.Errorf("scheduling %s: %w", OrchestratorName, err))
-		return
-	}
-	// The caller going away must not leave the instance waiting for
-	// parts nobody sends.
-	sendCtx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), ItemsTimeout/2)
-	defer cancel()
-	for i, c := range chunks {
-		if err := hub.RaiseEvent(sendCtx, id, ItemsEvent+strconv.Itoa(i), api.WithEventPayload(c)); err != nil {
-			// The instance waits for every part, then fails having run
-			// nothing: the start did not happen, as far as work goes.
-			zerolog.Ctx(r.Context()).Warn().Str("instanceId", string(id)).Err(err).
-				Msgf("sending the work items failed after %d of %d parts; the instance will fail in %s without processing any", i, len(chunks), ItemsTimeout)
-			renderHubError(w, r, fmt.Errorf("sending work items to %s: %w", id, err))
-			return
-		}
-	}
-	zerolog.Ctx(r.Context()).Info().Str("instanceId", string(id)).Int("items", n).Int("parts", max(1, len(chunks))).Msg("started orchestration")
-	url := statusURL(r, string(id))
+// renderStarted answers a start or restart: 202, with where to watch it.
+func renderStarted(w http.ResponseWriter, r *http.Request, s Settings, started fanout.Started) {
+	url := s.StatusURL(r, started.ID)
 	w.Header().Set("Location", url)
 	w.Header().Set("Retry-After", retryAfterStart)
-	httpjson.Write(w, http.StatusAccepted, newCheckStatus(string(id), url))
+	httpjson.Write(w, http.StatusAccepted, newCheckStatus(started.ID, url))
 }
 
-// An item's entry in a partition's results, which aggregate_results gets
-// as one payload: its result, {"item":…,"processed_item":"Processed_…",
-// "value":100,"processing_time":12.34}, which holds the item twice plus
-// resultBytes; or its failure, {"index":…,"item":…,"error":…,"attempts":3},
-// which holds it once plus failedBytes (the error shortened to 160 bytes).
-const (
-	resultBytes = 80
-	failedBytes = 240
-)
-
-// encodedSizes is how many bytes each item takes as JSON, which encodes
-// non-ASCII and <, >, & in several bytes each.
-func encodedSizes(items []string) []int {
-	sizes := make([]int, len(items))
-	for i, item := range items {
-		b, _ := json.Marshal(item)
-		sizes[i] = len(b)
+// readStartRequest reads the start request: {"workItems": [...]} or
+// {"count": N}, and optionally "maxParallelism". An empty body, {} or a null
+// list asks for the fan-out's default items. The engine checks the items.
+func readStartRequest(w http.ResponseWriter, r *http.Request, s Settings) (fanout.Request, error) {
+	body, err := httpjson.ReadBody(w, r, s.MaxBodyBytes, "request body")
+	if err != nil || len(bytes.TrimSpace(body)) == 0 {
+		return fanout.Request{}, err
 	}
-	return sizes
-}
-
-// fitPartitions checks that each partition's results, which its
-// aggregate_results receives as one payload, stay within maxBytes. sizes
-// are the items' encoded sizes.
-func fitPartitions(sizes []int, size, maxBytes int) error {
-	for from := 0; from < len(sizes); from += size {
-		to, n := min(len(sizes), from+size), 0
-		for _, s := range sizes[from:to] {
-			n += max(2*s+resultBytes, s+failedBytes)
-		}
-		if n > maxBytes {
-			return httpjson.Errorf(http.StatusRequestEntityTooLarge,
-				"workItems[%d] to [%d] make results of about %d bytes for one partition, over the %d the task hub takes in one payload: send shorter items, or lower %s (now %d)",
-				from, to-1, n, maxBytes, config.SettingPartitionSize, size)
-		}
-	}
-	return nil
-}
-
-// chunk splits items, whose encoded sizes are sizes, into lists of at most
-// maxBytes of JSON each.
-func chunk(items []string, sizes []int, maxBytes int) [][]string {
-	var chunks [][]string
-	start, size := 0, 2
-	for i, s := range sizes {
-		if i > start && size+s+1 > maxBytes {
-			chunks = append(chunks, items[start:i])
-			start, size = i, 2
-		}
-		size += s + 1
-	}
-	return append(chunks, items[start:])
-}
-
-// readStartRequest reads the start request: {"workItems": [...]} or {"count": N},
-// and optionally "maxParallelism". An empty body, {} or a null list means
-// DefaultWorkItems.
-func readStartRequest(w http.ResponseWriter, r *http.Request, limits config.Limits) (Plan, error) {
-	body, err := httpjson.ReadBody(w, r, limits.MaxBodyBytes, "request body")
-	if err != nil {
-		return Plan{}, err
-	}
-	if len(bytes.TrimSpace(body)) == 0 {
-		return Plan{Items: DefaultWorkItems}, nil
-	}
-
 	var req struct {
 		WorkItems      json.RawMessage `json:"workItems"`
 		Count          json.RawMessage `json:"count"`
@@ -229,62 +125,30 @@ func readStartRequest(w http.ResponseWriter, r *http.Request, limits config.Limi
 		var typ *json.UnmarshalTypeError
 		switch {
 		case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF):
-			return Plan{}, httpjson.Errorf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
+			return fanout.Request{}, httpjson.Errorf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
 		case errors.As(err, &typ):
-			return Plan{}, httpjson.Errorf(http.StatusBadRequest, `request body must be a JSON object such as {"workItems": ["Task1", "Task2"]}, not a JSON %s`, typ.Value)
+			return fanout.Request{}, httpjson.Errorf(http.StatusBadRequest, `request body must be a JSON object such as {"workItems": ["Task1", "Task2"]}, not a JSON %s`, typ.Value)
 		case strings.HasPrefix(err.Error(), "json: unknown field"):
 			field := strings.TrimPrefix(err.Error(), "json: unknown field ")
-			return Plan{}, httpjson.Errorf(http.StatusBadRequest, "unknown field %s in request body: the fields are workItems, count and maxParallelism", field)
+			return fanout.Request{}, httpjson.Errorf(http.StatusBadRequest, "unknown field %s in request body: the fields are workItems, count and maxParallelism", field)
 		}
-		return Plan{}, httpjson.Errorf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
+		return fanout.Request{}, httpjson.Errorf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return Plan{}, httpjson.Errorf(http.StatusBadRequest, "request body must hold one JSON object, but more follows it")
+		return fanout.Request{}, httpjson.Errorf(http.StatusBadRequest, "request body must hold one JSON object, but more follows it")
 	}
-
-	var plan Plan
+	out := fanout.Request{Items: req.WorkItems}
 	if given(req.MaxParallelism) {
-		n, err := positive(req.MaxParallelism, "maxParallelism", limits.MaxWorkItems)
-		if err != nil {
-			return Plan{}, err
-		}
-		plan.MaxParallelism = n
-	}
-	switch {
-	case given(req.Count) && given(req.WorkItems):
-		return Plan{}, httpjson.Errorf(http.StatusBadRequest, "give either workItems or count, not both")
-	case given(req.Count):
-		n, err := positive(req.Count, "count", limits.MaxWorkItems)
-		if err != nil {
-			return Plan{}, err
-		}
-		plan.Count = n
-		return plan, nil
-	case !given(req.WorkItems):
-		plan.Items = DefaultWorkItems
-		return plan, nil
-	}
-
-	var items []string
-	if err := json.Unmarshal(req.WorkItems, &items); err != nil {
-		return Plan{}, httpjson.Errorf(http.StatusBadRequest, "workItems must be an array of strings")
-	}
-	switch {
-	case len(items) == 0:
-		return Plan{}, httpjson.Errorf(http.StatusBadRequest, "workItems is empty: name at least one item, or leave workItems out to process the default items")
-	case len(items) > limits.MaxWorkItems:
-		return Plan{}, httpjson.Errorf(http.StatusBadRequest, "workItems has %d items: at most %d are allowed", len(items), limits.MaxWorkItems)
-	}
-	for i, item := range items {
-		if strings.TrimSpace(item) == "" {
-			return Plan{}, httpjson.Errorf(http.StatusBadRequest, "workItems[%d] is empty", i)
-		}
-		if n := utf8.RuneCountInString(item); n > limits.MaxItemLength {
-			return Plan{}, httpjson.Errorf(http.StatusBadRequest, "workItems[%d] is %d characters long: at most %d are allowed", i, n, limits.MaxItemLength)
+		if out.MaxParallelism, err = positive(req.MaxParallelism, "maxParallelism", s.MaxItems); err != nil {
+			return fanout.Request{}, err
 		}
 	}
-	plan.Items = items
-	return plan, nil
+	if given(req.Count) {
+		if out.Count, err = positive(req.Count, "count", s.MaxItems); err != nil {
+			return fanout.Request{}, err
+		}
+	}
+	return out, nil
 }
 
 // given reports whether a request field was present and not null.
@@ -311,23 +175,11 @@ type statusBody struct {
 	LastUpdatedTime string          `json:"lastUpdatedTime"`
 }
 
-var runtimeStatusNames = map[api.OrchestrationStatus]string{
-	api.RUNTIME_STATUS_PENDING:          "Pending",
-	api.RUNTIME_STATUS_RUNNING:          "Running",
-	api.RUNTIME_STATUS_COMPLETED:        "Completed",
-	api.RUNTIME_STATUS_CONTINUED_AS_NEW: "ContinuedAsNew",
-	api.RUNTIME_STATUS_FAILED:           "Failed",
-	api.RUNTIME_STATUS_CANCELED:         "Canceled",
-	api.RUNTIME_STATUS_TERMINATED:       "Terminated",
-	api.RUNTIME_STATUS_SUSPENDED:        "Suspended",
-}
-
 // Status is status: GET lists instances, or reports one instance's state,
 // answering 202 with where to poll again while it has not finished and 200
-// once it has; POST
-// …/terminate, …/suspend, …/resume and …/restart manage it, and DELETE
-// purges it.
-func Status(hub taskhub.Client, s Settings) http.Handler {
+// once it has; POST …/terminate, …/suspend, …/resume and …/restart manage
+// it, and DELETE purges it.
+func Status(c *fanout.Client, s Settings) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// A browser gets a page here, any other client JSON.
 		w.Header().Add("Vary", "Accept")
@@ -340,83 +192,60 @@ func Status(hub taskhub.Client, s Settings) http.Handler {
 		if id == "" {
 			if r.Method != http.MethodGet {
 				w.Header().Set("Allow", "GET")
-				httpjson.RenderError(w, r, httpjson.Errorf(http.StatusMethodNotAllowed, "%s is not allowed on the instance list: use GET, or name an instance", r.Method))
+				renderError(w, r, httpjson.Errorf(http.StatusMethodNotAllowed, "%s is not allowed on the instance list: use GET, or name an instance", r.Method))
 				return
 			}
-			listInstances(w, r, hub)
+			listInstances(w, r, c)
 			return
 		}
 		allowed := map[string]string{"": "GET, DELETE", "terminate": "POST", "suspend": "POST", "resume": "POST", "restart": "POST"}[action]
 		if allowed == "" {
-			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusNotFound, "unknown action %q: the actions are terminate, suspend, resume and restart", vars["action"]))
+			renderError(w, r, httpjson.Errorf(http.StatusNotFound, "unknown action %q: the actions are terminate, suspend, resume and restart", vars["action"]))
 			return
 		}
 		if !slices.Contains(strings.Split(allowed, ", "), r.Method) {
 			w.Header().Set("Allow", allowed)
-			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusMethodNotAllowed, "%s is not allowed here: use %s", r.Method, allowed))
+			renderError(w, r, httpjson.Errorf(http.StatusMethodNotAllowed, "%s is not allowed here: use %s", r.Method, allowed))
 			return
 		}
 
-		md, err := hub.FetchOrchestrationMetadata(r.Context(), api.InstanceID(id), api.WithFetchPayloads(true))
-		if errors.Is(err, api.ErrInstanceNotFound) {
-			httpjson.RenderError(w, r, errNoInstance(id))
-			return
-		} else if err != nil {
-			renderHubError(w, r, fmt.Errorf("fetching instance %s: %w", id, err))
-			return
-		}
-		if r.Method == http.MethodGet {
-			renderStatus(w, r, md, s.StatusURL, r.URL.Query().Get("showInput") != "false")
-			return
-		}
-		if md.Name == PartitionName {
-			parent, _, _ := strings.Cut(id, ":p")
-			httpjson.RenderError(w, r, httpjson.Errorf(http.StatusConflict, "instance %s is a partition of %s: manage %s instead", id, parent, parent))
-			return
-		}
-		m := manager{hub: hub, md: md, reason: r.URL.Query().Get("reason")}
-		switch action {
-		case "":
-			n, err := m.purge(r.Context())
-			if err != nil {
-				renderHubError(w, r, err)
+		reason := r.URL.Query().Get("reason")
+		var err error
+		switch {
+		case r.Method == http.MethodGet:
+			var md *api.OrchestrationMetadata
+			if md, err = c.Status(r.Context(), id); err == nil {
+				renderStatus(w, r, md, s.StatusURL, r.URL.Query().Get("showInput") != "false")
 				return
 			}
-			zerolog.Ctx(r.Context()).Info().Str("instanceId", id).Int("instancesDeleted", n).Msg("purged instance")
-			httpjson.Write(w, http.StatusOK, map[string]int{"instancesDeleted": n})
-			return
-		case "restart":
-			plan, err := m.restartPlan(r.Context())
-			if err != nil {
-				renderHubError(w, r, err)
+		case action == "":
+			var n int
+			if n, err = c.Purge(r.Context(), id); err == nil {
+				httpjson.Write(w, http.StatusOK, map[string]int{"instancesDeleted": n})
 				return
 			}
-			start(w, r, hub, s, plan)
-			return
-		case "terminate":
-			err = m.terminate(r.Context())
-		case "suspend":
-			err = m.suspend(r.Context())
-		case "resume":
-			err = m.resume(r.Context())
-		}
-		if errors.Is(err, api.ErrInstanceNotFound) {
-			err = errNoInstance(id) // purged since it was fetched
+		case action == "restart":
+			var started fanout.Started
+			if started, err = c.Restart(r.Context(), id); err == nil {
+				renderStarted(w, r, s, started)
+				return
+			}
+		case action == "terminate":
+			err = c.Terminate(r.Context(), id, reason)
+		case action == "suspend":
+			err = c.Suspend(r.Context(), id, reason)
+		case action == "resume":
+			err = c.Resume(r.Context(), id, reason)
 		}
 		if err != nil {
-			renderHubError(w, r, err)
+			renderError(w, r, err)
 			return
 		}
-		zerolog.Ctx(r.Context()).Info().Str("instanceId", id).Str("action", action).Str("reason", m.reason).Msg("instance managed")
+		zerolog.Ctx(r.Context()).Info().Str("instanceId", id).Str("action", action).Str("reason", reason).Msg("instance managed")
 		url := s.StatusURL(r, id)
 		w.Header().Set("Location", url)
 		httpjson.Write(w, http.StatusAccepted, map[string]string{"id": id, "statusQueryGetUri": url})
 	})
-}
-
-// errNoInstance is the 404 for an instance id the task hub does not have.
-func errNoInstance(id string) error {
-	return httpjson.Errorf(http.StatusNotFound, "no orchestration instance has id %q", id)
 }
 
 // renderStatus answers a status query for md.
@@ -434,7 +263,7 @@ func newStatusBody(md *api.OrchestrationMetadata, showInput bool) statusBody {
 	body := statusBody{
 		Name:            md.Name,
 		InstanceID:      string(md.InstanceID),
-		RuntimeStatus:   runtimeStatusNames[md.RuntimeStatus],
+		RuntimeStatus:   fanout.StatusName(md.RuntimeStatus),
 		CustomStatus:    jsonValue(md.SerializedCustomStatus),
 		Output:          jsonValue(md.SerializedOutput),
 		CreatedTime:     timestamp(md.CreatedAt),
@@ -450,14 +279,25 @@ func newStatusBody(md *api.OrchestrationMetadata, showInput bool) statusBody {
 	return body
 }
 
-// renderHubError renders a failed task hub call. A scheduler that cannot be
-// used right now is a 503 that says which one and when to try again; the
-// worker logs the outage, so the request does not.
-func renderHubError(w http.ResponseWriter, r *http.Request, err error) {
+// renderError renders any error of an HTTP function: the engine's refusals
+// as their statuses, a scheduler that cannot be used right now as a 503 that
+// says which one and when to try again (the worker logs the outage, so the
+// request does not), and the rest as httpjson renders them.
+func renderError(w http.ResponseWriter, r *http.Request, err error) {
+	var refused *fanout.Error
 	var unavailable *taskhub.UnavailableError
-	if errors.As(err, &unavailable) {
+	switch {
+	case errors.As(err, &refused):
+		status := map[fanout.Problem]int{fanout.Invalid: http.StatusBadRequest, fanout.NotFound: http.StatusNotFound, fanout.Conflict: http.StatusConflict}[refused.Problem]
+		err = httpjson.Errorf(status, "%s", refused.Msg)
+	case errors.As(err, &unavailable):
 		w.Header().Set("Retry-After", retryAfterUnavailable)
 		err = httpjson.Errorf(http.StatusServiceUnavailable, "the Durable Task Scheduler at %s %s; try again shortly", unavailable.Endpoint, unavailable.Reason)
+	case errors.Is(err, taskhub.ErrListUnsupported):
+		err = httpjson.Errorf(http.StatusNotImplemented,
+			"listing instances is not supported by this task hub's backend (%v); the Durable Task Scheduler and the embedded task hub support it, and each instance's own status URL works on any backend", err)
+	case errors.Is(err, taskhub.ErrBadContinuationToken):
+		err = httpjson.Errorf(http.StatusBadRequest, "%s is not valid: send back the value a previous listing returned, or none for the first page", ContinuationHeader)
 	}
 	httpjson.RenderError(w, r, err)
 }

@@ -8,19 +8,18 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/microsoft/durabletask-go/api"
-	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
 
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/app"
 	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/hubfile"
 	"fanoutfanin/internal/taskhub"
 )
@@ -35,19 +34,20 @@ type server struct {
 func newServer(t *testing.T, settings map[string]string) *server {
 	t.Helper()
 	env := map[string]string{
-		config.SettingAppRoot:      "..",
-		config.SettingEmbeddedDir:  t.TempDir(),
-		config.SettingWorkMinDelay: "0",
-		config.SettingWorkMaxDelay: "0",
+		config.SettingAppRoot:         "..",
+		config.SettingEmbeddedDir:     t.TempDir(),
+		functions.SettingWorkMinDelay: "0",
+		functions.SettingWorkMaxDelay: "0",
 	}
 	for k, v := range settings {
 		env[k] = v
 	}
-	cfg, err := config.Load(nil, func(k string) string { return env[k] })
+	var sample functions.SampleSettings
+	cfg, err := config.Load(nil, func(k string) string { return env[k] }, func(p *config.Parser) { sample = functions.ReadSampleSettings(p) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := app.Open(context.Background(), cfg, zerolog.Nop(), io.Discard)
+	a, err := app.Open(context.Background(), cfg, sample, zerolog.Nop(), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestStartWithCount(t *testing.T) {
 	if got, want := string(mustJSON(t, st.body["input"])), `{"count":10,"maxParallelism":3,"partitionSize":4,"retry":{"backoff":2,"firstDelayMs":1000,"maxAttempts":3,"maxDelayMs":60000}}`; got != want {
 		t.Errorf("input: got %s, want %s", got, want)
 	}
-	var out functions.Summary
+	var out output
 	json.Unmarshal(mustJSON(t, st.body["output"]), &out)
 	if out.TotalItemsProcessed != 10 || out.Partitions != 3 || len(out.ProcessedItems) != 10 || out.ProcessedItems[9] != "Processed_Item10" {
 		t.Errorf("output: %+v, want Item1 … Item10 over 3 partitions", out)
@@ -216,7 +216,7 @@ func TestStartUsesDefaultItems(t *testing.T) {
 			t.Fatalf("body %q: status %d: %s", body, r.status, r.raw)
 		}
 		st := waitForStatus(t, r.body["statusQueryGetUri"].(string), "Completed")
-		var input functions.Plan
+		var input struct{ Items []string }
 		json.Unmarshal(mustJSON(t, st.body["input"]), &input)
 		if !slices.Equal(input.Items, functions.DefaultWorkItems) {
 			t.Errorf("body %q: input %+v, want the default items %q", body, input, functions.DefaultWorkItems)
@@ -251,8 +251,8 @@ func waitForStatus(t *testing.T, url, want string) response {
 
 func TestStatus(t *testing.T) {
 	s := newServer(t, map[string]string{
-		config.SettingWorkMinDelay: "300ms",
-		config.SettingWorkMaxDelay: "300ms",
+		functions.SettingWorkMinDelay: "300ms",
+		functions.SettingWorkMaxDelay: "300ms",
 	})
 	r := do(t, "POST", s.URL+"/api/fan_out_fan_in", `{"workItems": ["Task1", "Task2", "Task3"]}`)
 	url := r.body["statusQueryGetUri"].(string)
@@ -323,19 +323,12 @@ func TestStatusOfUnknownInstance(t *testing.T) {
 	}
 }
 
-var fastRetrySettings = config.Retry{MaxAttempts: 3, FirstDelay: time.Millisecond, Backoff: 2, MaxDelay: 4 * time.Millisecond}
-
 // A start whose items are larger than one orchestration input may be sends
 // them after the start, in parts that fit; the orchestration runs them all,
-// in order.
+// in order, and its output keeps within a payload.
 func TestStartSendsLargeInputsInParts(t *testing.T) {
-	r := task.NewTaskRegistry()
-	if err := functions.Register(r, config.Work{Timeout: time.Minute}, zerolog.Nop()); err != nil {
-		t.Fatal(err)
-	}
-	hub := openHub(t, r)
-	limits := config.Limits{MaxWorkItems: 1000, MaxItemLength: 100, MaxBodyBytes: 1 << 20, PartitionSize: 10}
-	h := functions.StartFanOut(hub, functions.Settings{Limits: limits, Retry: fastRetrySettings, Bounds: taskhub.Bounds{MaxPayloadBytes: 4096}, StatusURL: func(*http.Request, string) string { return "" }})
+	hub, c := openSample(t, functions.SampleSettings{}, taskhub.Bounds{MaxPayloadBytes: 4096})
+	h := functions.StartFanOut(c, functions.SampleName, functions.Settings{MaxItems: 1000, MaxBodyBytes: 1 << 20, StatusURL: func(*http.Request, string) string { return "" }})
 	items := make([]string, 100)
 	for i := range items {
 		items[i] = fmt.Sprintf("Part-of-a-large-start-%03d-%s", i, strings.Repeat("x", 34)) // 60 characters
@@ -349,19 +342,19 @@ func TestStartSendsLargeInputsInParts(t *testing.T) {
 		t.Fatalf("got %d %s, want 202", rec.Code, rec.Body)
 	}
 
-	md := waitFor(t, hub, api.InstanceID(res["id"]), complete)
-	var plan functions.Plan
+	md := waitFor(t, hub, res["id"])
+	var plan fanout.Plan
 	json.Unmarshal([]byte(md.SerializedInput), &plan)
 	if plan.Chunks < 2 || plan.Total != len(items) || len(md.SerializedInput) > 4096 {
 		t.Errorf("input %s: want the items announced in parts, within 4096 bytes", md.SerializedInput)
 	}
-	var s functions.Summary
+	var s output
 	json.Unmarshal([]byte(md.SerializedOutput), &s)
-	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED || s.TotalItemsProcessed != len(items) || s.Partitions != 10 {
-		t.Fatalf("got %v %s, want all %d items completed in 10 partitions", md.RuntimeStatus, md.SerializedOutput, len(items))
+	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED || s.TotalItemsProcessed != len(items) || s.Partitions != 10 || len(md.SerializedOutput) > 4096 {
+		t.Fatalf("got %v %s, want all %d items completed in 10 partitions, within 4096 bytes", md.RuntimeStatus, md.SerializedOutput, len(items))
 	}
 	// The list is too long for 4096-byte payloads; each partition has its share, in order.
-	last, err := hub.FetchOrchestrationMetadata(context.Background(), api.InstanceID(functions.PartitionID(res["id"], 9)))
+	last, err := hub.FetchOrchestrationMetadata(context.Background(), api.InstanceID(fanout.PartitionID(res["id"], 9)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,31 +365,34 @@ func TestStartSendsLargeInputsInParts(t *testing.T) {
 	}
 }
 
-// On a task hub that bounds payloads, items whose partition's results would
-// not fit one (here, characters JSON writes as six bytes each) are refused
-// before anything is scheduled, rather than failing once processed.
-func TestStartRefusesItemsWhosePartitionResultsWouldNotFit(t *testing.T) {
-	r := task.NewTaskRegistry()
-	if err := functions.Register(r, config.Work{Timeout: time.Minute}, zerolog.Nop()); err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), "test.sqlite")
-	hub := openHubFile(t, r, file)
-	limits := config.Limits{MaxWorkItems: 1000, MaxItemLength: 100, MaxBodyBytes: 1 << 20, PartitionSize: 10}
-	h := functions.StartFanOut(hub, functions.Settings{Limits: limits, Retry: fastRetrySettings, Bounds: taskhub.Bounds{MaxPayloadBytes: 16 << 10}, StatusURL: func(*http.Request, string) string { return "" }})
+// Sizes are measured, not estimated: items whose results would not fit one
+// payload together (here, characters JSON writes as six bytes each) run,
+// their results aggregated in parts that fit, and the summary leaves out
+// the list it cannot carry.
+func TestLargeResultsAreAggregatedInPartsThatFit(t *testing.T) {
+	hub, c := openSample(t, functions.SampleSettings{}, taskhub.Bounds{MaxPayloadBytes: 16 << 10})
 	items := make([]string, 20)
 	for i := range items {
-		items[i] = strings.Repeat("<", 100) // 600 bytes as JSON
+		items[i] = fmt.Sprintf("%02d%s", i, strings.Repeat("<", 98)) // 600 bytes as JSON
 	}
-	body, _ := json.Marshal(map[string]any{"workItems": items})
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest("POST", "/api/fan_out_fan_in", bytes.NewReader(body)))
-	var res map[string]string
-	json.Unmarshal(rec.Body.Bytes(), &res)
-	if rec.Code != http.StatusRequestEntityTooLarge || !strings.Contains(res["error"], "workItems[0] to [9]") || !strings.Contains(res["error"], "FANOUT_PARTITION_SIZE") {
-		t.Errorf("got %d %s, want 413 naming the partition and the setting", rec.Code, rec.Body)
+	list, _ := json.Marshal(items)
+	started, err := c.Start(context.Background(), functions.SampleName, fanout.Request{Items: list})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n, err := hubfile.Instances(file); err != nil || n != 0 {
-		t.Errorf("instances scheduled: %d (%v), want none", n, err)
+	md := waitFor(t, hub, started.ID)
+	var s output
+	json.Unmarshal([]byte(md.SerializedOutput), &s)
+	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED || s.TotalItemsProcessed != 20 || !s.ProcessedItemsOmitted || s.Partitions != 2 {
+		t.Fatalf("got %v %s, want 20 items in 2 partitions, the list omitted", md.RuntimeStatus, md.SerializedOutput)
+	}
+	p0, err := hub.FetchOrchestrationMetadata(context.Background(), api.InstanceID(fanout.PartitionID(started.ID, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p output
+	json.Unmarshal([]byte(p0.SerializedOutput), &p)
+	if p.TotalItemsProcessed != 10 || len(p0.SerializedOutput) > 16<<10 {
+		t.Errorf("partition 0: %d bytes, %d items", len(p0.SerializedOutput), p.TotalItemsProcessed)
 	}
 }

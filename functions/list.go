@@ -1,16 +1,13 @@
 package functions
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/microsoft/durabletask-go/api"
-
+	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/httpjson"
 	"fanoutfanin/internal/taskhub"
 )
@@ -28,23 +25,15 @@ const (
 // listInstances is GET status: a page of the instances, newest first, each
 // as GET status/{id} shows it but without its input unless showInput=true.
 // Partitions are left out unless showPartitions=true.
-func listInstances(w http.ResponseWriter, r *http.Request, hub taskhub.Client) {
-	q, err := readListQuery(r)
+func listInstances(w http.ResponseWriter, r *http.Request, c *fanout.Client) {
+	q, partitions, err := readListQuery(r)
 	if err != nil {
-		httpjson.RenderError(w, r, err)
+		renderError(w, r, err)
 		return
 	}
-	page, err := hub.ListInstances(r.Context(), q)
-	switch {
-	case errors.Is(err, taskhub.ErrListUnsupported):
-		httpjson.RenderError(w, r, httpjson.Errorf(http.StatusNotImplemented,
-			"listing instances is not supported by this task hub's backend (%v); the Durable Task Scheduler and the embedded task hub support it, and each instance's own status URL works on any backend", err))
-		return
-	case errors.Is(err, taskhub.ErrBadContinuationToken):
-		httpjson.RenderError(w, r, httpjson.Errorf(http.StatusBadRequest, "%s is not valid: send back the value a previous listing returned, or none for the first page", ContinuationHeader))
-		return
-	case err != nil:
-		renderHubError(w, r, fmt.Errorf("listing instances: %w", err))
+	page, err := c.List(r.Context(), q, partitions)
+	if err != nil {
+		renderError(w, r, fmt.Errorf("listing instances: %w", err))
 		return
 	}
 	bodies := make([]statusBody, len(page.Instances))
@@ -58,9 +47,10 @@ func listInstances(w http.ResponseWriter, r *http.Request, hub taskhub.Client) {
 }
 
 // readListQuery reads a listing's filters: runtimeStatus (comma-separated),
-// createdTimeFrom and createdTimeTo (ISO 8601), top, instanceIdPrefix,
-// showInput and showPartitions; and the continuation token.
-func readListQuery(r *http.Request) (taskhub.Query, error) {
+// createdTimeFrom and createdTimeTo (ISO 8601), top, instanceIdPrefix and
+// showInput; and the continuation token. It also says whether
+// showPartitions is set.
+func readListQuery(r *http.Request) (taskhub.Query, bool, error) {
 	v := r.URL.Query()
 	q := taskhub.Query{
 		PageSize:          defaultTop,
@@ -69,60 +59,38 @@ func readListQuery(r *http.Request) (taskhub.Query, error) {
 	}
 	if s := v.Get("runtimeStatus"); s != "" {
 		for name := range strings.SplitSeq(s, ",") {
-			status, ok := parseRuntimeStatus(strings.TrimSpace(name))
+			status, ok := fanout.ParseStatus(strings.TrimSpace(name))
 			if !ok {
-				return q, httpjson.Errorf(http.StatusBadRequest, "runtimeStatus %q is not a status: use %s, comma-separated", name, statusNameList())
+				return q, false, httpjson.Errorf(http.StatusBadRequest, "runtimeStatus %q is not a status: use %s, comma-separated", name, strings.Join(fanout.StatusNames(), ", "))
 			}
 			q.Statuses = append(q.Statuses, status)
 		}
 	}
 	var err error
 	if q.CreatedFrom, err = readTime(v.Get("createdTimeFrom"), "createdTimeFrom"); err != nil {
-		return q, err
+		return q, false, err
 	}
 	if q.CreatedTo, err = readTime(v.Get("createdTimeTo"), "createdTimeTo"); err != nil {
-		return q, err
+		return q, false, err
 	}
 	if !q.CreatedFrom.IsZero() && !q.CreatedTo.IsZero() && q.CreatedFrom.After(q.CreatedTo) {
-		return q, httpjson.Errorf(http.StatusBadRequest, "createdTimeFrom (%s) is after createdTimeTo (%s)", v.Get("createdTimeFrom"), v.Get("createdTimeTo"))
+		return q, false, httpjson.Errorf(http.StatusBadRequest, "createdTimeFrom (%s) is after createdTimeTo (%s)", v.Get("createdTimeFrom"), v.Get("createdTimeTo"))
 	}
 	if s := v.Get("top"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > maxTop {
-			return q, httpjson.Errorf(http.StatusBadRequest, "top must be a whole number from 1 to %d, not %q", maxTop, s)
+			return q, false, httpjson.Errorf(http.StatusBadRequest, "top must be a whole number from 1 to %d, not %q", maxTop, s)
 		}
 		q.PageSize = n
 	}
 	if q.FetchInput, err = readBool(v.Get("showInput"), "showInput"); err != nil {
-		return q, err
+		return q, false, err
 	}
 	partitions, err := readBool(v.Get("showPartitions"), "showPartitions")
 	if err != nil {
-		return q, err
+		return q, false, err
 	}
-	if !partitions {
-		q.ExcludeNames = []string{PartitionName}
-	}
-	return q, nil
-}
-
-// parseRuntimeStatus reads a status as Durable Functions spells it, in any case.
-func parseRuntimeStatus(name string) (api.OrchestrationStatus, bool) {
-	for status, n := range runtimeStatusNames {
-		if strings.EqualFold(n, name) {
-			return status, true
-		}
-	}
-	return 0, false
-}
-
-func statusNameList() string {
-	names := make([]string, 0, len(runtimeStatusNames))
-	for status := range runtimeStatusNames {
-		names = append(names, runtimeStatusNames[status])
-	}
-	slices.Sort(names)
-	return strings.Join(names, ", ")
+	return q, partitions, nil
 }
 
 // readTime reads an ISO 8601 time, or a date (midnight UTC); "" is no time.

@@ -14,12 +14,12 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
 
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/customhandler"
+	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/logging"
 	"fanoutfanin/internal/taskhub"
 )
@@ -37,7 +37,8 @@ const gcPercent = 400
 // arrives on stop. It then stops within the shutdown grace period (see
 // shutdown); a second signal makes it return ErrStoppedAtOnce at once.
 func Run(stop <-chan os.Signal, args []string, getenv func(string) string, stdout io.Writer) error {
-	cfg, err := config.Load(args, getenv)
+	var sample functions.SampleSettings
+	cfg, err := config.Load(args, getenv, func(p *config.Parser) { sample = functions.ReadSampleSettings(p) })
 	if err != nil {
 		return err
 	}
@@ -60,7 +61,7 @@ func Run(stop <-chan os.Signal, args []string, getenv func(string) string, stdou
 	port := ln.Addr().(*net.TCPAddr).Port
 
 	ctx := context.Background()
-	a, err := Open(ctx, cfg, log, logOut)
+	a, err := Open(ctx, cfg, sample, log, logOut)
 	if err != nil {
 		return err
 	}
@@ -123,18 +124,26 @@ type App struct {
 // Close stops the task hub's worker.
 func (a *App) Close(ctx context.Context) error { return a.hub.Close(ctx) }
 
-// Open reads the function definitions, opens the task hub and builds the
-// router. log writes to logOut.
-func Open(ctx context.Context, cfg config.Config, log zerolog.Logger, logOut io.Writer) (*App, error) {
+// Open reads the function definitions, registers the fan-outs, opens the
+// task hub and builds the router. log writes to logOut.
+func Open(ctx context.Context, cfg config.Config, sample functions.SampleSettings, log zerolog.Logger, logOut io.Writer) (*App, error) {
 	fns, err := customhandler.LoadFunctions(cfg.AppRoot)
 	if err != nil {
 		return nil, err
 	}
-	registry := task.NewTaskRegistry()
-	if err := functions.Register(registry, cfg.Work, log); err != nil {
+	retry := fanout.NewRetryPolicy(cfg.Retry.MaxAttempts, cfg.Retry.FirstDelay, cfg.Retry.Backoff, cfg.Retry.MaxDelay)
+	engine := fanout.New(fanout.Options{
+		Log:           log,
+		PartitionSize: cfg.Limits.PartitionSize,
+		Retry:         &retry,
+		ItemTimeout:   cfg.ItemTimeout,
+		MaxItems:      cfg.Limits.MaxWorkItems,
+		MaxItemLength: cfg.Limits.MaxItemLength,
+	})
+	if err := functions.Register(engine, sample); err != nil {
 		return nil, err
 	}
-	hub, err := taskhub.Open(ctx, cfg.TaskHub, registry, log)
+	hub, err := taskhub.Open(ctx, cfg.TaskHub, engine.Registry(), log)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +158,8 @@ func Open(ctx context.Context, cfg config.Config, log zerolog.Logger, logOut io.
 		return customhandler.BaseURL(r) + status.Path(cfg.RoutePrefix, map[string]string{"instanceId": instanceID})
 	}
 	var handlers []customhandler.Handler
-	for _, f := range functions.HTTP(hub.Client, functions.Settings{Limits: cfg.Limits, Retry: cfg.Retry, Bounds: hub.Bounds, StatusURL: statusURL}) {
+	client := engine.Client(hub.Client, hub.Bounds)
+	for _, f := range functions.HTTP(client, engine.Names(), functions.Settings{MaxBodyBytes: cfg.Limits.MaxBodyBytes, MaxItems: cfg.Limits.MaxWorkItems, StatusURL: statusURL}) {
 		handlers = append(handlers, customhandler.Handler{Name: f.Name, RouteParams: f.RouteParams, Handler: f.Handler})
 	}
 	router, err := customhandler.NewRouter(fns, handlers, customhandler.Options{

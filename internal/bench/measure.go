@@ -22,7 +22,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"fanoutfanin/functions"
-	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/logging"
 )
 
@@ -250,11 +250,11 @@ func (b *bench) baseline(ctx context.Context, n int) (time.Duration, error) {
 	}
 	log := logging.DurableTask{Log: zerolog.Nop()}
 	be := sqlite.NewSqliteBackend(sqlite.NewSqliteOptions(filepath.Join(dir, "defaults.sqlite")), log)
-	r := task.NewTaskRegistry()
-	if err := functions.Register(r, config.Work{Timeout: time.Minute}, zerolog.Nop()); err != nil {
+	engine := fanout.New(fanout.Options{Log: zerolog.Nop()})
+	if err := functions.Register(engine, functions.SampleSettings{}); err != nil {
 		return 0, err
 	}
-	exec := task.NewTaskExecutor(r)
+	exec := task.NewTaskExecutor(engine.Registry())
 	w := backend.NewTaskHubWorker(be, backend.NewOrchestrationWorker(be, exec, log), backend.NewActivityTaskWorker(be, exec, log), log)
 	if err := w.Start(ctx); err != nil {
 		return 0, fmt.Errorf("starting durabletask-go's worker: %w", err)
@@ -263,7 +263,7 @@ func (b *bench) baseline(ctx context.Context, n int) (time.Duration, error) {
 	c := backend.NewTaskHubClient(be)
 
 	begin := time.Now()
-	id, err := c.ScheduleNewOrchestration(ctx, functions.OrchestratorName, api.WithInput(functions.Plan{Count: n, PartitionSize: n}))
+	id, err := c.ScheduleNewOrchestration(ctx, functions.OrchestratorName, api.WithInput(fanout.Plan{Count: n, PartitionSize: n}))
 	if err != nil {
 		return 0, fmt.Errorf("baseline: %w", err)
 	}

@@ -27,7 +27,8 @@ type Config struct {
 	LogFormat   string // "json" or "console"
 	LogLevel    zerolog.Level
 	Limits      Limits
-	Work        Work
+	// ItemTimeout bounds each attempt at an item.
+	ItemTimeout time.Duration
 	Retry       Retry
 	TaskHub     TaskHub
 
@@ -45,18 +46,7 @@ type Limits struct {
 	PartitionSize int // items one orchestration runs itself
 }
 
-// Work is how process_work_item behaves: it pretends to work for a time
-// drawn uniformly from [MinDelay, MaxDelay], and an attempt taking longer
-// than Timeout fails. Items whose whole name FailItems matches fail on
-// purpose: their first FailAttempts attempts, or every one if that is 0.
-type Work struct {
-	MinDelay, MaxDelay time.Duration
-	Timeout            time.Duration
-	FailItems          *regexp.Regexp // nil: none
-	FailAttempts       int
-}
-
-// Retry is how a failed process_work_item is tried again: up to
+// Retry is how a failed item is tried again: up to
 // MaxAttempts attempts in all, the first retry after FirstDelay, each
 // later one Backoff times longer than the one before, never more than
 // MaxDelay.
@@ -104,11 +94,7 @@ const (
 	SettingPartitionSize = "FANOUT_PARTITION_SIZE"
 	SettingMaxPayload    = "FANOUT_SCHEDULER_MAX_PAYLOAD_BYTES"
 	SettingMaxStep       = "FANOUT_SCHEDULER_MAX_STEP_BYTES"
-	SettingWorkMinDelay  = "FANOUT_WORK_MIN_DELAY"
-	SettingWorkMaxDelay  = "FANOUT_WORK_MAX_DELAY"
 	SettingItemTimeout   = "FANOUT_ITEM_TIMEOUT"
-	SettingFailItems     = "FANOUT_FAIL_ITEMS"
-	SettingFailAttempts  = "FANOUT_FAIL_ATTEMPTS"
 	SettingMaxAttempts   = "FANOUT_ITEM_MAX_ATTEMPTS"
 	SettingRetryDelay    = "FANOUT_ITEM_RETRY_DELAY"
 	SettingRetryBackoff  = "FANOUT_ITEM_RETRY_BACKOFF"
@@ -127,8 +113,6 @@ const (
 	DefaultEmbeddedDir       = ".durabletask"
 	DefaultMaxItemLength     = 256
 	DefaultMaxBodyBytes      = 1 << 20
-	DefaultWorkMinDelay      = 500 * time.Millisecond
-	DefaultWorkMaxDelay      = 2 * time.Second
 	DefaultLockTimeout       = 30 * time.Second
 	DefaultItemTimeout       = 5 * time.Minute
 	DefaultMaxAttempts       = 3
@@ -149,7 +133,7 @@ const (
 	// room for items of a few dozen characters.
 	bodyBytesPerItem = 64
 
-	// DefaultPartitionSize: see functions.DefaultPartitionSize. At most
+	// DefaultPartitionSize: see fanout.DefaultPartitionSize. At most
 	// MaxPartitionSize, as the embedded SQLite backend fails to schedule
 	// much more than 10,900 activities in one step.
 	DefaultPartitionSize = 1000
@@ -178,7 +162,10 @@ var (
 // Load reads host.json from the app root (FUNCTIONS_APP_ROOT_PATH, else the
 // working directory) and the app settings through getenv. Every problem found
 // is reported, not just the first.
-func Load(args []string, getenv func(string) string) (Config, error) {
+//
+// app reads the app's own settings through the same Parser, so that their
+// problems are reported with the rest.
+func Load(args []string, getenv func(string) string, app ...func(*Parser)) (Config, error) {
 	if len(args) > 0 {
 		return Config{}, fmt.Errorf("unexpected arguments %q: the handler is configured by host.json and app settings (environment variables), see README.md", args)
 	}
@@ -199,50 +186,41 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		return Config{}, err
 	}
 
-	p := parser{getenv: getenv}
+	p := Parser{getenv: getenv}
 	cfg := Config{
 		AppRoot:     root,
-		Port:        p.int(SettingPort, DefaultPort, 0, 65535),
+		Port:        p.Int(SettingPort, DefaultPort, 0, 65535),
 		RoutePrefix: DefaultRoutePrefix,
 		LogFormat:   p.oneOf(SettingLogFormat, "json", "json", "console"),
 		LogLevel:    p.level(SettingLogLevel),
 		Limits: Limits{
-			MaxWorkItems:  p.int(SettingMaxWorkItems, DefaultMaxWorkItems, 1, MaxWorkItems),
-			MaxItemLength: p.int(SettingMaxItemLength, DefaultMaxItemLength, 1, 1<<16),
-			PartitionSize: p.int(SettingPartitionSize, DefaultPartitionSize, 1, MaxPartitionSize),
+			MaxWorkItems:  p.Int(SettingMaxWorkItems, DefaultMaxWorkItems, 1, MaxWorkItems),
+			MaxItemLength: p.Int(SettingMaxItemLength, DefaultMaxItemLength, 1, 1<<16),
+			PartitionSize: p.Int(SettingPartitionSize, DefaultPartitionSize, 1, MaxPartitionSize),
 		},
-		Work: Work{
-			MinDelay:     p.duration(SettingWorkMinDelay, DefaultWorkMinDelay),
-			MaxDelay:     p.duration(SettingWorkMaxDelay, DefaultWorkMaxDelay),
-			Timeout:      p.duration(SettingItemTimeout, DefaultItemTimeout),
-			FailItems:    p.pattern(SettingFailItems),
-			FailAttempts: p.int(SettingFailAttempts, 0, 0, MaxAttempts),
-		},
+		ItemTimeout: p.Duration(SettingItemTimeout, DefaultItemTimeout),
 		Retry: Retry{
-			MaxAttempts: p.int(SettingMaxAttempts, DefaultMaxAttempts, 1, MaxAttempts),
-			FirstDelay:  p.duration(SettingRetryDelay, DefaultRetryDelay),
+			MaxAttempts: p.Int(SettingMaxAttempts, DefaultMaxAttempts, 1, MaxAttempts),
+			FirstDelay:  p.Duration(SettingRetryDelay, DefaultRetryDelay),
 			Backoff:     p.float(SettingRetryBackoff, DefaultRetryBackoff, 1, 10),
-			MaxDelay:    p.duration(SettingRetryMaxDelay, DefaultRetryMaxDelay),
+			MaxDelay:    p.Duration(SettingRetryMaxDelay, DefaultRetryMaxDelay),
 		},
 	}
-	if cfg.Work.Timeout == 0 {
-		p.fail("%s is 0: an attempt needs some time; give a duration such as 30s", SettingItemTimeout)
+	if cfg.ItemTimeout == 0 {
+		p.Fail("%s is 0: an attempt needs some time; give a duration such as 30s", SettingItemTimeout)
 	}
 	if cfg.Retry.FirstDelay > cfg.Retry.MaxDelay {
-		p.fail("%s (%s) is longer than %s (%s)", SettingRetryDelay, cfg.Retry.FirstDelay, SettingRetryMaxDelay, cfg.Retry.MaxDelay)
+		p.Fail("%s (%s) is longer than %s (%s)", SettingRetryDelay, cfg.Retry.FirstDelay, SettingRetryMaxDelay, cfg.Retry.MaxDelay)
 	}
-	cfg.Limits.MaxBodyBytes = int64(p.int(SettingMaxBodyBytes, max(DefaultMaxBodyBytes, bodyBytesPerItem*cfg.Limits.MaxWorkItems), 2, 1<<30))
-	cfg.ShutdownGrace = p.duration(SettingShutdownGrace, DefaultShutdownGrace)
+	cfg.Limits.MaxBodyBytes = int64(p.Int(SettingMaxBodyBytes, max(DefaultMaxBodyBytes, bodyBytesPerItem*cfg.Limits.MaxWorkItems), 2, 1<<30))
+	cfg.ShutdownGrace = p.Duration(SettingShutdownGrace, DefaultShutdownGrace)
 	if cfg.ShutdownGrace < MinShutdownGrace {
-		p.fail("%s is %s: it must be at least %s", SettingShutdownGrace, cfg.ShutdownGrace, MinShutdownGrace)
-	}
-	if cfg.Work.MinDelay > cfg.Work.MaxDelay {
-		p.fail("%s (%s) is longer than %s (%s)", SettingWorkMinDelay, cfg.Work.MinDelay, SettingWorkMaxDelay, cfg.Work.MaxDelay)
+		p.Fail("%s is %s: it must be at least %s", SettingShutdownGrace, cfg.ShutdownGrace, MinShutdownGrace)
 	}
 	if prefix := host.Extensions.HTTP.RoutePrefix; prefix != nil {
 		cfg.RoutePrefix = strings.Trim(*prefix, "/")
 		if cfg.RoutePrefix != "" && !routePrefixPattern.MatchString(cfg.RoutePrefix) {
-			p.fail("host.json extensions.http.routePrefix %q: use letters, digits, '-', '_' and '.' between slashes", *prefix)
+			p.Fail("host.json extensions.http.routePrefix %q: use letters, digits, '-', '_' and '.' between slashes", *prefix)
 		}
 	}
 
@@ -250,26 +228,26 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	hub := TaskHub{
 		Name:                        DefaultHubName,
 		ConnectionSetting:           DefaultConnectionSetting,
-		LockTimeout:                 p.duration(SettingLockTimeout, DefaultLockTimeout),
+		LockTimeout:                 p.Duration(SettingLockTimeout, DefaultLockTimeout),
 		MaxConcurrentActivities:     DefaultConcurrency(),
 		MaxConcurrentOrchestrations: DefaultConcurrency(),
-		MaxPayloadBytes:             p.int(SettingMaxPayload, DefaultMaxPayloadBytes, 16<<10, 64<<20),
-		MaxStepBytes:                p.int(SettingMaxStep, DefaultMaxStepBytes, 64<<10, 256<<20),
+		MaxPayloadBytes:             p.Int(SettingMaxPayload, DefaultMaxPayloadBytes, 16<<10, 64<<20),
+		MaxStepBytes:                p.Int(SettingMaxStep, DefaultMaxStepBytes, 64<<10, 256<<20),
 	}
 	hubNameValid := false // host.json gives a hub name, and a valid one
 	if dt.HubName != nil {
 		if *dt.HubName == "" {
-			p.fail("host.json extensions.durableTask.hubName is empty")
+			p.Fail("host.json extensions.durableTask.hubName is empty")
 		}
 		hub.Name = p.expandSettings("host.json extensions.durableTask.hubName", *dt.HubName)
 		hubNameValid = hubNamePattern.MatchString(hub.Name)
 		if hub.Name != "" && !hubNameValid {
 			// Not the value: an app setting it came from may hold a secret.
-			p.fail("host.json extensions.durableTask.hubName %q does not give a valid task hub name: use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit", *dt.HubName)
+			p.Fail("host.json extensions.durableTask.hubName %q does not give a valid task hub name: use 1 to 64 letters, digits, '-' or '_', starting with a letter or digit", *dt.HubName)
 		}
 	}
 	if t := dt.StorageProvider.Type; t != "" && !strings.EqualFold(t, "azureManaged") {
-		p.fail("host.json extensions.durableTask.storageProvider.type is %q: this app runs on the Durable Task Scheduler (\"azureManaged\"), or on its embedded task hub when the connection string is empty", t)
+		p.Fail("host.json extensions.durableTask.storageProvider.type is %q: this app runs on the Durable Task Scheduler (\"azureManaged\"), or on its embedded task hub when the connection string is empty", t)
 	}
 	if name := dt.StorageProvider.ConnectionStringName; name != "" {
 		hub.ConnectionSetting = name
@@ -294,7 +272,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 			if *dt.HubName != hub.Name {
 				from = fmt.Sprintf(" (%q)", *dt.HubName)
 			}
-			p.fail("%s: the connection string's TaskHub is %q but host.json extensions.durableTask.hubName%s gives %q: make them the same or remove TaskHub from the connection string",
+			p.Fail("%s: the connection string's TaskHub is %q but host.json extensions.durableTask.hubName%s gives %q: make them the same or remove TaskHub from the connection string",
 				hub.ConnectionSetting, taskHub, from, hub.Name)
 		}
 	}
@@ -314,7 +292,7 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 	if connection == "" && strings.ContainsAny(dir, "?#%") {
 		// The path becomes part of a SQLite URI, where '?' and '#' end the
 		// path and '%' starts an escape.
-		p.fail("%s %q: the path may not contain '?', '#' or '%%'", SettingEmbeddedDir, dir)
+		p.Fail("%s %q: the path may not contain '?', '#' or '%%'", SettingEmbeddedDir, dir)
 	}
 	hub.EmbeddedFile = filepath.Join(dir, hub.Name+".sqlite")
 	// Embedded only: the scheduler's leases belong to the worker's stream.
@@ -323,10 +301,13 @@ func Load(args []string, getenv func(string) string) (Config, error) {
 		// timeout bounds only how long a dead worker's items wait; it is
 		// renewed every third of it.
 		if hub.LockTimeout < time.Second {
-			p.fail("%s is %s: it must be at least 1s", SettingLockTimeout, hub.LockTimeout)
+			p.Fail("%s is %s: it must be at least 1s", SettingLockTimeout, hub.LockTimeout)
 		}
 	}
 	cfg.TaskHub = hub
+	for _, read := range app {
+		read(&p)
+	}
 
 	if err := errors.Join(p.errs...); err != nil {
 		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
@@ -364,77 +345,82 @@ func readHostJSON(path string) (hostJSON, error) {
 	return h, jsonfile.Decode("host.json", data, &h)
 }
 
-// parser reads app settings, collecting every error instead of stopping at one.
-type parser struct {
+// Parser reads app settings, collecting every error instead of stopping at
+// one.
+type Parser struct {
 	getenv func(string) string
 	errs   []error
 }
 
-func (p *parser) fail(format string, args ...any) {
+// Fail reports a problem.
+func (p *Parser) Fail(format string, args ...any) {
 	p.errs = append(p.errs, fmt.Errorf(format, args...))
 }
 
-func (p *parser) int(name string, def, min, max int) int {
+// Int reads a whole number from min to max; def if unset.
+func (p *Parser) Int(name string, def, min, max int) int {
 	s := strings.TrimSpace(p.getenv(name))
 	if s == "" {
 		return def
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < min || n > max {
-		p.fail("%s is %q: it must be a whole number from %d to %d", name, s, min, max)
+		p.Fail("%s is %q: it must be a whole number from %d to %d", name, s, min, max)
 		return def
 	}
 	return n
 }
 
-func (p *parser) limit(what string, n int) int {
+func (p *Parser) limit(what string, n int) int {
 	if n < 1 || n > MaxConcurrency {
-		p.fail("%s is %d: it must be from 1 to %d", what, n, MaxConcurrency)
+		p.Fail("%s is %d: it must be from 1 to %d", what, n, MaxConcurrency)
 	}
 	return n
 }
 
-func (p *parser) duration(name string, def time.Duration) time.Duration {
+// Duration reads a duration of 0 or more; def if unset.
+func (p *Parser) Duration(name string, def time.Duration) time.Duration {
 	s := strings.TrimSpace(p.getenv(name))
 	if s == "" {
 		return def
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d < 0 {
-		p.fail("%s is %q: it must be a duration such as 500ms, 2s or 0", name, s)
+		p.Fail("%s is %q: it must be a duration such as 500ms, 2s or 0", name, s)
 		return def
 	}
 	return d
 }
 
-func (p *parser) float(name string, def, min, max float64) float64 {
+func (p *Parser) float(name string, def, min, max float64) float64 {
 	s := strings.TrimSpace(p.getenv(name))
 	if s == "" {
 		return def
 	}
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || !(f >= min && f <= max) {
-		p.fail("%s is %q: it must be a number from %g to %g", name, s, min, max)
+		p.Fail("%s is %q: it must be a number from %g to %g", name, s, min, max)
 		return def
 	}
 	return f
 }
 
-// pattern reads a regular expression that must match a whole string.
-func (p *parser) pattern(name string) *regexp.Regexp {
+// Pattern reads a regular expression that must match a whole string; nil
+// if unset.
+func (p *Parser) Pattern(name string) *regexp.Regexp {
 	s := p.getenv(name)
 	if s == "" {
 		return nil
 	}
 	re, err := regexp.Compile(`^(?:` + s + `)$`)
 	if err != nil {
-		p.fail("%s is %q: it must be a regular expression (Go syntax): %v", name, s, err)
+		p.Fail("%s is %q: it must be a regular expression (Go syntax): %v", name, s, err)
 		return nil
 	}
 	return re
 }
 
-func (p *parser) oneOf(name, def string, allowed ...string) string {
+func (p *Parser) oneOf(name, def string, allowed ...string) string {
 	s := strings.ToLower(strings.TrimSpace(p.getenv(name)))
 	if s == "" {
 		return def
@@ -444,11 +430,11 @@ func (p *parser) oneOf(name, def string, allowed ...string) string {
 			return s
 		}
 	}
-	p.fail("%s is %q: it must be one of %s", name, s, strings.Join(allowed, ", "))
+	p.Fail("%s is %q: it must be one of %s", name, s, strings.Join(allowed, ", "))
 	return def
 }
 
-func (p *parser) level(name string) zerolog.Level {
+func (p *Parser) level(name string) zerolog.Level {
 	l, _ := zerolog.ParseLevel(p.oneOf(name, "info", "trace", "debug", "info", "warn", "error"))
 	return l
 }
@@ -457,12 +443,12 @@ var settingRef = regexp.MustCompile(`%([^%]+)%`)
 
 // expandSettings replaces each %NAME% in s with the app setting NAME, as the
 // Functions host does in host.json.
-func (p *parser) expandSettings(what, s string) string {
+func (p *Parser) expandSettings(what, s string) string {
 	return settingRef.ReplaceAllStringFunc(s, func(ref string) string {
 		name := strings.Trim(ref, "%")
 		v := p.getenv(name)
 		if v == "" {
-			p.fail("%s is %q, but app setting %s is not set", what, s, name)
+			p.Fail("%s is %q, but app setting %s is not set", what, s, name)
 		}
 		return v
 	})

@@ -85,8 +85,8 @@ func TestLoadDefaults(t *testing.T) {
 	if got, want := cfg.Limits, (Limits{MaxWorkItems: 100_000, MaxItemLength: 256, MaxBodyBytes: 6_400_000, PartitionSize: 1000}); got != want {
 		t.Errorf("Limits: got %+v, want %+v", got, want)
 	}
-	if got, want := cfg.Work, (Work{MinDelay: 500 * time.Millisecond, MaxDelay: 2 * time.Second, Timeout: 5 * time.Minute}); got != want {
-		t.Errorf("Work: got %+v, want %+v", got, want)
+	if got, want := cfg.ItemTimeout, 5*time.Minute; got != want {
+		t.Errorf("ItemTimeout: got %v, want %v", got, want)
 	}
 	if got, want := cfg.ShutdownGrace, 10*time.Second; got != want {
 		t.Errorf("ShutdownGrace: got %v, want %v", got, want)
@@ -157,13 +157,9 @@ func TestLoadSettingsOverrideDefaults(t *testing.T) {
 		SettingMaxItemLength: "12",
 		SettingMaxBodyBytes:  "4096",
 		SettingPartitionSize: "250",
-		SettingWorkMinDelay:  "0",
-		SettingWorkMaxDelay:  "10ms",
 		SettingLockTimeout:   "1s",
 		SettingShutdownGrace: "2500ms",
 		SettingItemTimeout:   "30s",
-		SettingFailItems:     "Item[0-9]|bad.*",
-		SettingFailAttempts:  "2",
 		SettingMaxAttempts:   "5",
 		SettingRetryDelay:    "100ms",
 		SettingRetryBackoff:  "1.5",
@@ -181,16 +177,8 @@ func TestLoadSettingsOverrideDefaults(t *testing.T) {
 	if got, want := cfg.Limits, (Limits{MaxWorkItems: 10000, MaxItemLength: 12, MaxBodyBytes: 4096, PartitionSize: 250}); got != want {
 		t.Errorf("Limits: got %+v, want %+v", got, want)
 	}
-	fail := cfg.Work.FailItems
-	cfg.Work.FailItems = nil
-	if got, want := cfg.Work, (Work{MinDelay: 0, MaxDelay: 10 * time.Millisecond, Timeout: 30 * time.Second, FailAttempts: 2}); got != want {
-		t.Errorf("Work: got %+v, want %+v", got, want)
-	}
-	// The pattern matches whole item names.
-	for item, want := range map[string]bool{"Item7": true, "Item77": false, "bad": true, "a bad": false} {
-		if got := fail != nil && fail.MatchString(item); got != want {
-			t.Errorf("FANOUT_FAIL_ITEMS matching %q: got %v, want %v", item, got, want)
-		}
+	if got, want := cfg.ItemTimeout, 30*time.Second; got != want {
+		t.Errorf("ItemTimeout: got %v, want %v", got, want)
 	}
 	if got, want := cfg.Retry, (Retry{MaxAttempts: 5, FirstDelay: 100 * time.Millisecond, Backoff: 1.5, MaxDelay: 2 * time.Second}); got != want {
 		t.Errorf("Retry: got %+v, want %+v", got, want)
@@ -443,10 +431,8 @@ func TestLoadHostJSONErrors(t *testing.T) {
 // that runs longer than it, simulated or not, is no reason to refuse it.
 func TestLockTimeoutShorterThanTheWorkIsAccepted(t *testing.T) {
 	cfg, _ := mustLoad(t, minimalHostJSON, map[string]string{
-		SettingLockTimeout:  "1s",
-		SettingWorkMinDelay: "3s",
-		SettingWorkMaxDelay: "3s",
-		SettingItemTimeout:  "20s",
+		SettingLockTimeout: "1s",
+		SettingItemTimeout: "20s",
 	})
 	if got, want := cfg.TaskHub.LockTimeout, time.Second; got != want {
 		t.Errorf("TaskHub.LockTimeout: got %v, want %v", got, want)
@@ -471,20 +457,16 @@ func TestLoadSettingErrors(t *testing.T) {
 			[]string{SettingMaxWorkItems, `"abc"`, "whole number"}},
 		{"max body bytes too small", map[string]string{SettingMaxBodyBytes: "1"},
 			[]string{SettingMaxBodyBytes, `"1"`}},
-		{"min delay longer than max", map[string]string{SettingWorkMinDelay: "3s", SettingWorkMaxDelay: "1s", SettingLockTimeout: "10s"},
-			[]string{SettingWorkMinDelay, SettingWorkMaxDelay, "3s", "is longer than"}},
-		{"delay not a duration", map[string]string{SettingWorkMaxDelay: "soon"},
-			[]string{SettingWorkMaxDelay, `"soon"`, "duration"}},
-		{"negative delay", map[string]string{SettingWorkMinDelay: "-1s"},
-			[]string{SettingWorkMinDelay, `"-1s"`}},
-		{"lock timeout under a second", map[string]string{SettingLockTimeout: "500ms", SettingWorkMinDelay: "0", SettingWorkMaxDelay: "0"},
+		{"item timeout not a duration", map[string]string{SettingItemTimeout: "soon"},
+			[]string{SettingItemTimeout, `"soon"`, "duration"}},
+		{"negative item timeout", map[string]string{SettingItemTimeout: "-1s"},
+			[]string{SettingItemTimeout, `"-1s"`}},
+		{"lock timeout under a second", map[string]string{SettingLockTimeout: "500ms"},
 			[]string{SettingLockTimeout, "at least 1s"}},
 		{"shutdown grace under a second", map[string]string{SettingShutdownGrace: "500ms"},
 			[]string{SettingShutdownGrace, "500ms", "at least 1s"}},
 		{"shutdown grace not a duration", map[string]string{SettingShutdownGrace: "10"},
 			[]string{SettingShutdownGrace, `"10"`, "duration"}},
-		{"fail pattern not a regular expression", map[string]string{SettingFailItems: "Item[0-"},
-			[]string{SettingFailItems, `"Item[0-"`, "regular expression"}},
 		{"item timeout zero", map[string]string{SettingItemTimeout: "0"},
 			[]string{SettingItemTimeout, "is 0"}},
 		{"no attempts", map[string]string{SettingMaxAttempts: "0"},
@@ -545,4 +527,26 @@ func TestLoadUnexpectedArguments(t *testing.T) {
 	root := appRoot(t, minimalHostJSON)
 	_, err := Load([]string{"--port", "8080"}, fakeEnv(root, nil))
 	wantErr(t, err, "unexpected arguments", "--port", "app settings")
+}
+
+// The app's own settings, read through the Parser Load hands it, are
+// reported in the one list of problems.
+func TestAppSettingsAreReportedWithTheRest(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "host.json"), []byte(minimalHostJSON), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{SettingAppRoot: dir, SettingPort: "70000", "APP_PATTERN": "a[", "APP_DELAY": "2s"}
+	var delay time.Duration
+	_, err := Load(nil, func(k string) string { return env[k] }, func(p *Parser) {
+		p.Pattern("APP_PATTERN")
+		delay = p.Duration("APP_DELAY", time.Second)
+		if n := p.Int("APP_COUNT", 3, 1, 5); n != 3 {
+			p.Fail("APP_COUNT is %d, want the default", n)
+		}
+	})
+	wantErr(t, err, SettingPort, "APP_PATTERN", `"a["`, "regular expression")
+	if delay != 2*time.Second {
+		t.Errorf("APP_DELAY read as %v", delay)
+	}
 }

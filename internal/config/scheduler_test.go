@@ -464,12 +464,12 @@ func TestLoadScheduler(t *testing.T) {
 		})
 	})
 	// Nor is its lock timeout: the scheduler's leases last as long as the
-	// worker's stream, so a long work delay needs no longer lock.
+	// worker's stream, so long work needs no longer lock.
 	t.Run("lock timeout not checked", func(t *testing.T) {
 		mustLoad(t, minimalHostJSON, map[string]string{
 			DefaultConnectionSetting: "Endpoint=http://localhost:8080;Authentication=None",
 			SettingLockTimeout:       "2s",
-			SettingWorkMaxDelay:      "10s",
+			SettingItemTimeout:       "10s",
 		})
 	})
 	// A string that was meant for the scheduler but is broken is an error,

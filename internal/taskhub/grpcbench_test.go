@@ -17,6 +17,7 @@ import (
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/dtstest"
+	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/taskhub"
 )
 
@@ -91,7 +92,7 @@ func BenchmarkSchedulerFanOut(b *testing.B) {
 	defer hub.Close(context.Background())
 
 	n := *benchItems
-	plan := functions.Plan{Count: n, PartitionSize: *benchPartition,
+	plan := fanout.Plan{Count: n, PartitionSize: *benchPartition,
 		ListBytes: config.DefaultMaxPayloadBytes * 3 / 4, StepBytes: config.DefaultMaxStepBytes * 3 / 4}
 	ru0 := usage(b)
 	b.ResetTimer()

@@ -17,6 +17,7 @@ import (
 
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/hubfile"
 	"fanoutfanin/internal/taskhub"
 )
@@ -34,13 +35,27 @@ func hubConfig(file string) config.TaskHub {
 	}
 }
 
+// registry runs the app's fan-out, its items taking no time.
 func registry(t testing.TB) *task.TaskRegistry {
 	t.Helper()
-	r := task.NewTaskRegistry()
-	if err := functions.Register(r, config.Work{Timeout: time.Minute}, zerolog.Nop()); err != nil {
+	return withWork(t, functions.ProcessWorkItem(functions.SampleSettings{}))
+}
+
+// withWork runs the app's fan-out with work as process_work_item.
+func withWork(t testing.TB, work fanout.Work[string, functions.ItemResult]) *task.TaskRegistry {
+	t.Helper()
+	e := fanout.New(fanout.Options{Log: zerolog.Nop()})
+	spec := functions.Sample(functions.SampleSettings{})
+	spec.Work = work
+	if err := fanout.Register(e, spec); err != nil {
 		t.Fatal(err)
 	}
-	return r
+	return e.Registry()
+}
+
+// result is what process_work_item would return for item, with value.
+func result(item string, value int) functions.ItemResult {
+	return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: value}
 }
 
 // With a scheduler configured, Open neither waits for it nor touches the
@@ -154,24 +169,40 @@ func TestCloseHandsBackUnfinishedWork(t *testing.T) {
 	finishesOnReopen(t, cfg, id)
 }
 
-// startOneItem opens the embedded hub cfg names with item as
-// process_work_item, starts a fan-out of one item, "a", and returns once the
-// item has started.
+// oneItem is an orchestration of one activity, "item", on "a": what the
+// hand-back tests need, whatever the app runs.
+const oneItem = "one_item"
+
+func oneItemRegistry(t *testing.T, item task.Activity) *task.TaskRegistry {
+	t.Helper()
+	r := task.NewTaskRegistry()
+	if err := errors.Join(
+		r.AddOrchestratorN(oneItem, func(ctx *task.OrchestrationContext) (any, error) {
+			var out string
+			err := ctx.CallActivity("item", task.WithActivityInput("a")).Await(&out)
+			return out, err
+		}),
+		r.AddActivityN("item", item),
+	); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// startOneItem opens the embedded hub cfg names with item as the activity
+// of a one-item orchestration, starts one and returns once the item has
+// started.
 func startOneItem(t *testing.T, cfg config.TaskHub, item task.Activity) (*taskhub.Hub, api.InstanceID) {
 	t.Helper()
 	started := make(chan struct{}, 1)
-	r := task.NewTaskRegistry()
-	r.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
-	r.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
-	r.AddActivityN(functions.ProcessWorkItemName, func(actx task.ActivityContext) (any, error) {
+	hub, err := taskhub.Open(context.Background(), cfg, oneItemRegistry(t, func(actx task.ActivityContext) (any, error) {
 		started <- struct{}{}
 		return item(actx)
-	})
-	hub, err := taskhub.Open(context.Background(), cfg, r, zerolog.Nop())
+	}), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := hub.Client.ScheduleNewOrchestration(context.Background(), functions.OrchestratorName, api.WithInput([]string{"a"}))
+	id, err := hub.Client.ScheduleNewOrchestration(context.Background(), oneItem)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,18 +210,19 @@ func startOneItem(t *testing.T, cfg config.TaskHub, item task.Activity) (*taskhu
 	return hub, id
 }
 
-// finishesOnReopen opens the hub cfg names again, with the app's functions,
-// and checks that the one-item fan-out id completes: the item handed back
-// runs again at once, though its lock would hold it for an hour.
+// finishesOnReopen opens the hub cfg names again, with an item that
+// finishes, and checks that the one-item orchestration id completes: the
+// item handed back runs again at once, though its lock would hold it for an
+// hour.
 func finishesOnReopen(t *testing.T, cfg config.TaskHub, id api.InstanceID) {
 	t.Helper()
-	hub, err := taskhub.Open(context.Background(), cfg, registry(t), zerolog.Nop())
+	hub, err := taskhub.Open(context.Background(), cfg, oneItemRegistry(t, func(task.ActivityContext) (any, error) { return "done", nil }), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer hub.Close(context.Background())
 	md := waitComplete(t, hub.Client, id, 20*time.Second)
-	if !strings.Contains(md.SerializedOutput, `"processed_items":["Processed_a"]`) {
+	if md.SerializedOutput != `"done"` {
 		t.Errorf("output: %s", md.SerializedOutput)
 	}
 }
@@ -201,15 +233,10 @@ func TestCloseLetsWorkInFlightFinish(t *testing.T) {
 	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
 	cfg.LockTimeout = time.Hour
 	started := make(chan struct{}, 3)
-	slow := task.NewTaskRegistry()
-	slow.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
-	slow.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
-	slow.AddActivityN(functions.ProcessWorkItemName, func(actx task.ActivityContext) (any, error) {
+	slow := withWork(t, func(_ context.Context, it fanout.Item[string]) (functions.ItemResult, error) {
 		started <- struct{}{}
 		time.Sleep(300 * time.Millisecond)
-		var item string
-		actx.GetInput(&item)
-		return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: 7}, nil
+		return result(it.Value, 7), nil
 	})
 	hub, err := taskhub.Open(ctx, cfg, slow, zerolog.Nop())
 	if err != nil {
@@ -228,11 +255,12 @@ func TestCloseLetsWorkInFlightFinish(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 
-	// A process that cannot run process_work_item at all finishes the
+	// A process whose process_work_item never succeeds finishes the
 	// orchestration: every item's result was recorded before Close returned.
-	noWork := task.NewTaskRegistry()
-	noWork.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
-	noWork.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
+	noWork := withWork(t, func(_ context.Context, it fanout.Item[string]) (functions.ItemResult, error) {
+		t.Errorf("item %s ran again", it.Value)
+		return functions.ItemResult{}, errors.New("ran again")
+	})
 	hub, err = taskhub.Open(ctx, cfg, noWork, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -253,21 +281,16 @@ func TestActivitiesTakenAreNeverMoreThanTheLimit(t *testing.T) {
 	cfg.MaxConcurrentActivities = 3
 	var mu sync.Mutex
 	most := 0
-	slow := task.NewTaskRegistry()
-	slow.AddOrchestratorN(functions.OrchestratorName, functions.Orchestrator(zerolog.Nop()))
-	slow.AddActivityN(functions.AggregateResultsName, functions.AggregateResults)
-	slow.AddActivityN(functions.ProcessWorkItemName, func(actx task.ActivityContext) (any, error) {
+	slow := withWork(t, func(_ context.Context, it fanout.Item[string]) (functions.ItemResult, error) {
 		locked, _, err := hubfile.Locked(cfg.EmbeddedFile)
 		if err != nil {
-			return nil, err
+			return functions.ItemResult{}, err
 		}
 		mu.Lock()
 		most = max(most, locked)
 		mu.Unlock()
 		time.Sleep(20 * time.Millisecond)
-		var item string
-		actx.GetInput(&item)
-		return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: 1}, nil
+		return result(it.Value, 1), nil
 	})
 	hub, err := taskhub.Open(ctx, cfg, slow, zerolog.Nop())
 	if err != nil {

@@ -1,6 +1,6 @@
 //go:build race
 
-package functions_test
+package fanout_test
 
 // raceDetector: the race detector slows the embedded hub's SQLite engine
 // (pure Go, every access instrumented) some twentyfold, so the largest

@@ -1,5 +1,5 @@
 //go:build !race
 
-package functions_test
+package fanout_test
 
 const raceDetector = false

@@ -1,4 +1,4 @@
-package functions
+package fanout
 
 import (
 	"math"
@@ -7,13 +7,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/microsoft/durabletask-go/task"
-
-	"fanoutfanin/internal/config"
 )
 
-// RetryPolicy is how a failed process_work_item is tried again. It travels
-// in the orchestration's input, so that every replay, on any worker, retries
-// the same way whatever its own settings.
+// RetryPolicy is how a failed item is tried again. It travels in the
+// orchestration's input, so that every replay, on any worker, retries the
+// same way whatever its own settings.
 type RetryPolicy struct {
 	MaxAttempts  int     `json:"maxAttempts"` // in all, the first included
 	FirstDelayMs int64   `json:"firstDelayMs"`
@@ -21,14 +19,13 @@ type RetryPolicy struct {
 	MaxDelayMs   int64   `json:"maxDelayMs"`
 }
 
+// MaxAttempts bounds RetryPolicy.MaxAttempts.
+const MaxAttempts = 100
+
 // DefaultRetry is the policy of an orchestration started without one, as
-// any durabletask client may start it: the settings' defaults.
-var DefaultRetry = NewRetryPolicy(config.Retry{
-	MaxAttempts: config.DefaultMaxAttempts,
-	FirstDelay:  config.DefaultRetryDelay,
-	Backoff:     config.DefaultRetryBackoff,
-	MaxDelay:    config.DefaultRetryMaxDelay,
-})
+// any durabletask client may start it: three attempts, a second apart, then
+// two.
+var DefaultRetry = NewRetryPolicy(3, time.Second, 2, time.Minute)
 
 // policyOrDefault is p, or DefaultRetry when an input carries none.
 func policyOrDefault(p *RetryPolicy) RetryPolicy {
@@ -38,13 +35,15 @@ func policyOrDefault(p *RetryPolicy) RetryPolicy {
 	return *p
 }
 
-// NewRetryPolicy is the policy the settings r describe.
-func NewRetryPolicy(r config.Retry) RetryPolicy {
+// NewRetryPolicy tries an item up to maxAttempts times in all: the first
+// retry after firstDelay, each later one backoff times longer than the one
+// before, never more than maxDelay.
+func NewRetryPolicy(maxAttempts int, firstDelay time.Duration, backoff float64, maxDelay time.Duration) RetryPolicy {
 	return RetryPolicy{
-		MaxAttempts:  r.MaxAttempts,
-		FirstDelayMs: r.FirstDelay.Milliseconds(),
-		Backoff:      r.Backoff,
-		MaxDelayMs:   r.MaxDelay.Milliseconds(),
+		MaxAttempts:  maxAttempts,
+		FirstDelayMs: firstDelay.Milliseconds(),
+		Backoff:      backoff,
+		MaxDelayMs:   maxDelay.Milliseconds(),
 	}
 }
 

@@ -1,0 +1,208 @@
+package fanout
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/microsoft/durabletask-go/task"
+	"github.com/rs/zerolog"
+)
+
+// readWork reads the work activity's input in any form a version has sent:
+// {"item", "index", "attempt"}; or, from earlier versions, whose items were
+// strings, the bare item (a first attempt) or {"item", "attempt"}.
+func readWork(raw json.RawMessage) (workInput, int, error) {
+	in := workInput{Item: raw, Attempt: 1}
+	if len(raw) == 0 || raw[0] != '{' {
+		return in, -1, nil
+	}
+	if err := json.Unmarshal(raw, &in); err != nil {
+		return in, 0, err
+	}
+	if in.Index == nil {
+		return in, -1, nil
+	}
+	return in, *in.Index, nil
+}
+
+// work is the work activity: one attempt at one item, within the
+// per-attempt timeout.
+func (f *runner[I, R, S]) work(actx task.ActivityContext) (any, error) {
+	var raw json.RawMessage
+	if err := actx.GetInput(&raw); err != nil {
+		return nil, fmt.Errorf("reading the work item: %w", err)
+	}
+	in, index, err := readWork(raw)
+	if err != nil {
+		return nil, fmt.Errorf("reading the work item: it must be {\"item\": …, \"index\": n, \"attempt\": n}: %w", err)
+	}
+	item := Item[I]{Index: index, Attempt: in.Attempt}
+	if err := json.Unmarshal(in.Item, &item.Value); err != nil {
+		return nil, fmt.Errorf("reading work item %d: %w", index, err)
+	}
+	item.Log = zerolog.Ctx(actx.Context()).With().Int("index", index).Logger()
+
+	ctx, cancel := context.WithTimeout(actx.Context(), f.opts.ItemTimeout)
+	defer cancel()
+	type outcome struct {
+		r   R
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- outcome{err: fmt.Errorf("the work panicked: %v", p)}
+			}
+		}()
+		r, err := f.spec.Work(ctx, item)
+		done <- outcome{r, err}
+	}()
+	// Work that ignores its ctx is not waited for: the attempt fails when
+	// its time is up, and the work's late outcome is dropped.
+	var o outcome
+	select {
+	case o = <-done:
+	case <-ctx.Done():
+	}
+	switch {
+	case actx.Context().Err() != nil:
+		// The worker is stopping: nothing is recorded, and the item runs
+		// again when the hub next runs.
+		return nil, actx.Context().Err()
+	case o.err == nil && ctx.Err() == nil:
+		return o.r, nil
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		item.Log.Warn().Int("attempt", in.Attempt).Dur("timeout", f.opts.ItemTimeout).Msg("work item timed out")
+		return nil, fmt.Errorf("attempt %d took longer than the %s an attempt may take", in.Attempt, f.opts.ItemTimeout)
+	}
+	return nil, o.err
+}
+
+// aggregate is the aggregate activity: it folds results into a summary, or
+// merges summaries, in order, and finishes it; a summary larger than the
+// input's bound is trimmed.
+func (f *runner[I, R, S]) aggregate(actx task.ActivityContext) (any, error) {
+	var raw json.RawMessage
+	if err := actx.GetInput(&raw); err != nil {
+		return nil, fmt.Errorf("reading the results: %w", err)
+	}
+	var in aggregateInput
+	var err error
+	if len(raw) > 0 && raw[0] == '[' {
+		err = json.Unmarshal(raw, &in.Results)
+	} else {
+		err = json.Unmarshal(raw, &in)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the results: %w", err)
+	}
+	agg := f.spec.Aggregate
+	var s S
+	for i, b := range in.Results {
+		var r R
+		if err := json.Unmarshal(b, &r); err != nil {
+			return nil, fmt.Errorf("reading result %d: %w", i, err)
+		}
+		s = agg.Add(s, r)
+	}
+	for i, b := range in.Partials {
+		var p S
+		if err := json.Unmarshal(b, &p); err != nil {
+			return nil, fmt.Errorf("reading summary %d: %w", i, err)
+		}
+		s = agg.Merge(s, p)
+	}
+	if agg.Finish != nil {
+		s = agg.Finish(s)
+	}
+	out, err := json.Marshal(s)
+	if err != nil {
+		return nil, fmt.Errorf("encoding the summary: %w", err)
+	}
+	budget := summaryBytes(in.Bytes)
+	if len(out) > budget && agg.Trim != nil {
+		if out, err = json.Marshal(agg.Trim(s)); err != nil {
+			return nil, fmt.Errorf("encoding the summary: %w", err)
+		}
+	}
+	if len(out) > budget {
+		return nil, fmt.Errorf("the summary is %d bytes, over the %d one payload may carry: give the fan-out's Aggregate a Trim that makes it smaller", len(out), budget)
+	}
+	zerolog.Ctx(actx.Context()).Info().Int("results", len(in.Results)).Int("summaries", len(in.Partials)).Msg("aggregated results")
+	return json.RawMessage(out), nil
+}
+
+// checkItem checks item i of a start against the fan-out's item type and
+// Validate, and returns it as compact JSON.
+func (f *runner[I, R, S]) checkItem(i int, raw json.RawMessage) (json.RawMessage, error) {
+	var v I
+	if err := json.Unmarshal(raw, &v); err != nil {
+		if is := jsonKind(raw); is != describe(reflect.TypeFor[I]()) {
+			return nil, invalid("workItems must be an array of %s: workItems[%d] is %s", describe(reflect.TypeFor[I]()), i, article(is))
+		}
+		return nil, invalid("workItems[%d] cannot be read: %v", i, err)
+	}
+	compact, err := json.Marshal(raw) // RawMessage: checked and compacted
+	if err != nil {
+		return nil, invalid("workItems[%d]: %v", i, err)
+	}
+	length, what := utf8.RuneCount(compact), " as JSON"
+	if s, ok := any(v).(string); ok {
+		if strings.TrimSpace(s) == "" {
+			return nil, invalid("workItems[%d] is empty", i)
+		}
+		length, what = utf8.RuneCountInString(s), ""
+	} else if string(compact) == "null" {
+		return nil, invalid("workItems[%d] is null", i)
+	}
+	if f.opts.MaxItemLength > 0 && length > f.opts.MaxItemLength {
+		return nil, invalid("workItems[%d] is %d characters long%s: at most %d are allowed", i, length, what, f.opts.MaxItemLength)
+	}
+	if f.spec.Validate != nil {
+		if err := f.spec.Validate(v); err != nil {
+			return nil, invalid("workItems[%d]: %v", i, err)
+		}
+	}
+	return compact, nil
+}
+
+// jsonKind says what a JSON value is, in describe's words.
+func jsonKind(raw json.RawMessage) string {
+	switch b := bytes.TrimSpace(raw); {
+	case len(b) == 0:
+		return "nothing"
+	case b[0] == '"':
+		return "strings"
+	case b[0] == '{':
+		return "objects"
+	case b[0] == '[':
+		return "arrays"
+	case b[0] == 't' || b[0] == 'f':
+		return "true or false"
+	case b[0] == 'n':
+		return "null"
+	}
+	return "numbers"
+}
+
+// article turns describe's plural into one value's description.
+func article(plural string) string {
+	switch plural {
+	case "strings":
+		return "a string"
+	case "objects":
+		return "an object"
+	case "arrays":
+		return "an array"
+	case "numbers":
+		return "a number"
+	}
+	return plural
+}
