@@ -60,9 +60,9 @@ bench:
 package:
 	rm -rf dist && mkdir -p dist/app
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags='-s -w' -o dist/app/handler .
-	cp -R host.json fan_out_fan_in status dist/app/
+	cp -R host.json $(dir $(wildcard */function.json)) dist/app/
 	$(GO) run ./internal/zipapp dist/app.zip dist/app
-	@echo "dist/app.zip: host.json, fan_out_fan_in/, status/, handler (linux/amd64, static)"
+	@echo "dist/app.zip: host.json, $(dir $(wildcard */function.json)) handler (linux/amd64, static)"
 
 clean:
 	rm -rf handler dist .durabletask

@@ -42,12 +42,12 @@ func newServer(t *testing.T, settings map[string]string) *server {
 	for k, v := range settings {
 		env[k] = v
 	}
-	var sample functions.SampleSettings
-	cfg, err := config.Load(nil, func(k string) string { return env[k] }, func(p *config.Parser) { sample = functions.ReadSampleSettings(p) })
+	var fanouts []functions.Registration
+	cfg, err := config.Load(nil, func(k string) string { return env[k] }, func(p *config.Parser) { fanouts = functions.ReadFanouts(p) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := app.Open(context.Background(), cfg, sample, zerolog.Nop(), io.Discard)
+	a, err := app.Open(context.Background(), cfg, fanouts, zerolog.Nop(), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

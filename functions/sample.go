@@ -181,7 +181,9 @@ func addSeconds(a, b float64) float64 {
 // round2 rounds to two decimals, as the summary's figures are shown.
 func round2(x float64) float64 { return math.Round(x*100) / 100 }
 
-// Register adds the sample, with settings s, to e.
-func Register(e *fanout.Engine, s SampleSettings) error {
-	return fanout.Register(e, Sample(s))
+// FanOutFanIn is the seeds' fan-out, with its settings: FANOUT_WORK_* and
+// FANOUT_FAIL_*.
+func (Fanouts) FanOutFanIn(p *config.Parser) Registration {
+	s := ReadSampleSettings(p)
+	return func(e *fanout.Engine) error { return fanout.Register(e, Sample(s)) }
 }

@@ -33,7 +33,7 @@ func openSample(t *testing.T, s functions.SampleSettings, bounds taskhub.Bounds)
 	t.Helper()
 	retry := fanout.NewRetryPolicy(3, time.Millisecond, 2, 4*time.Millisecond)
 	e := fanout.New(fanout.Options{Log: zerolog.Nop(), Retry: &retry, PartitionSize: 10})
-	if err := functions.Register(e, s); err != nil {
+	if err := fanout.Register(e, functions.Sample(s)); err != nil {
 		t.Fatal(err)
 	}
 	cfg := config.TaskHub{
@@ -230,7 +230,7 @@ func TestFailingFailsChosenItems(t *testing.T) {
 // Activities the previous version scheduled take their inputs as they were.
 func TestUpgradeReplaysRecordedHistories(t *testing.T) {
 	e := fanout.New(fanout.Options{Log: zerolog.Nop()})
-	if err := functions.Register(e, functions.SampleSettings{}); err != nil {
+	if err := fanout.Register(e, functions.Sample(functions.SampleSettings{})); err != nil {
 		t.Fatal(err)
 	}
 	files, _ := filepath.Glob("testdata/upgrade/*.json")
@@ -394,6 +394,15 @@ func TestReadSampleSettings(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("bad settings: got %v, want it to say %q", err, want)
 		}
+	}
+	// The app reads them with its fan-outs, of which the sample is the one.
+	var regs []functions.Registration
+	_, err = config.Load(nil, func(k string) string {
+		return map[string]string{config.SettingAppRoot: "..", functions.SettingWorkMinDelay: "9s"}[k]
+	},
+		func(p *config.Parser) { regs = functions.ReadFanouts(p) })
+	if len(regs) != 1 || err == nil || !strings.Contains(err.Error(), "FANOUT_WORK_MIN_DELAY (9s) is longer than") {
+		t.Errorf("ReadFanouts: %d fan-outs, %v; want the sample's, and its settings checked", len(regs), err)
 	}
 	_, err = load(map[string]string{functions.SettingWorkMaxDelay: "soon", functions.SettingWorkMinDelay: "-1s"})
 	for _, want := range []string{`FANOUT_WORK_MAX_DELAY is "soon"`, `FANOUT_WORK_MIN_DELAY is "-1s"`} {

@@ -538,14 +538,16 @@ function instanceView() {
   }
 
   // summaryFacts lists a summary's fields as [label, value, tone]: the
-  // counts every fan-out has first, then every other field in its order,
-  // under its own name made readable. Lists the page shows apart, or that
-  // would be too long to read as a fact, are left out.
+  // counts first (every fan-out's output has the failed one), then every
+  // other field in its order, under its own name made readable. Lists the
+  // page shows apart, or that would be too long to read as a fact, are left
+  // out.
   function summaryFacts(out) {
-    const facts = [
-      ['Processed', fmtNumber(out.total_items_processed), 'good'],
-      ['Failed', fmtNumber(out.total_items_failed), out.total_items_failed ? 'bad' : ''],
-    ];
+    const facts = [];
+    if (typeof out.total_items_processed === 'number') {
+      facts.push(['Processed', fmtNumber(out.total_items_processed), 'good']);
+    }
+    facts.push(['Failed', fmtNumber(out.total_items_failed), out.total_items_failed ? 'bad' : '']);
     const shown = new Set(['total_items_processed', 'total_items_failed', 'partitions', 'success',
       'failed_items', 'failed_items_omitted', 'processed_items', 'processed_items_omitted']);
     for (const [key, value] of Object.entries(out)) {
@@ -593,7 +595,7 @@ function instanceView() {
       const tr = document.createElement('tr');
       tr.append(
         cell(fmtNumber(f.index), 'num'),
-        cell(String(f.item ?? ''), 'item'),
+        cell(typeof f.item === 'string' ? f.item : JSON.stringify(f.item ?? ''), 'item'),
         cell(String(f.error ?? ''), 'err'),
         cell(fmtNumber(f.attempts), 'num'),
       );

@@ -37,8 +37,8 @@ const gcPercent = 400
 // arrives on stop. It then stops within the shutdown grace period (see
 // shutdown); a second signal makes it return ErrStoppedAtOnce at once.
 func Run(stop <-chan os.Signal, args []string, getenv func(string) string, stdout io.Writer) error {
-	var sample functions.SampleSettings
-	cfg, err := config.Load(args, getenv, func(p *config.Parser) { sample = functions.ReadSampleSettings(p) })
+	var fanouts []functions.Registration
+	cfg, err := config.Load(args, getenv, func(p *config.Parser) { fanouts = functions.ReadFanouts(p) })
 	if err != nil {
 		return err
 	}
@@ -61,7 +61,7 @@ func Run(stop <-chan os.Signal, args []string, getenv func(string) string, stdou
 	port := ln.Addr().(*net.TCPAddr).Port
 
 	ctx := context.Background()
-	a, err := Open(ctx, cfg, sample, log, logOut)
+	a, err := Open(ctx, cfg, fanouts, log, logOut)
 	if err != nil {
 		return err
 	}
@@ -126,7 +126,7 @@ func (a *App) Close(ctx context.Context) error { return a.hub.Close(ctx) }
 
 // Open reads the function definitions, registers the fan-outs, opens the
 // task hub and builds the router. log writes to logOut.
-func Open(ctx context.Context, cfg config.Config, sample functions.SampleSettings, log zerolog.Logger, logOut io.Writer) (*App, error) {
+func Open(ctx context.Context, cfg config.Config, fanouts []functions.Registration, log zerolog.Logger, logOut io.Writer) (*App, error) {
 	fns, err := customhandler.LoadFunctions(cfg.AppRoot)
 	if err != nil {
 		return nil, err
@@ -140,7 +140,7 @@ func Open(ctx context.Context, cfg config.Config, sample functions.SampleSetting
 		MaxItems:      cfg.Limits.MaxWorkItems,
 		MaxItemLength: cfg.Limits.MaxItemLength,
 	})
-	if err := functions.Register(engine, sample); err != nil {
+	if err := functions.Register(engine, fanouts); err != nil {
 		return nil, err
 	}
 	hub, err := taskhub.Open(ctx, cfg.TaskHub, engine.Registry(), log)

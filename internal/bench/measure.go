@@ -251,7 +251,7 @@ func (b *bench) baseline(ctx context.Context, n int) (time.Duration, error) {
 	log := logging.DurableTask{Log: zerolog.Nop()}
 	be := sqlite.NewSqliteBackend(sqlite.NewSqliteOptions(filepath.Join(dir, "defaults.sqlite")), log)
 	engine := fanout.New(fanout.Options{Log: zerolog.Nop()})
-	if err := functions.Register(engine, functions.SampleSettings{}); err != nil {
+	if err := fanout.Register(engine, functions.Sample(functions.SampleSettings{})); err != nil {
 		return 0, err
 	}
 	exec := task.NewTaskExecutor(engine.Registry())

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// readmeFiles returns the files README.md's "Your own fan-out" walks a user
+// through adding, by path: each is a code block right after a line naming
+// it.
+func readmeFiles(t *testing.T) map[string]string {
+	t.Helper()
+	data, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(data), "\n## Your own fan-out\n")
+	if !ok {
+		t.Fatal(`README.md has no "## Your own fan-out" section`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	files := map[string]string{}
+	for _, m := range regexp.MustCompile("(?s)`([^`\n]+\\.(?:go|json))`[^\n]*:\n\n```(?:go|json)\n(.*?)\n```").FindAllStringSubmatch(section, -1) {
+		files[m[1]] = m[2] + "\n"
+	}
+	if len(files) != 2 {
+		t.Fatalf("README.md's walk-through names %d files, want its Go file and its function.json: %v", len(files), files)
+	}
+	return files
+}
+
+// copyModule copies this repository's source, without its git data and
+// what builds and runs leave, into dir.
+func copyModule(t *testing.T, dir string) {
+	t.Helper()
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir() && (path == ".git" || path == "dist" || path == ".durabletask" || path == "test-artifacts"):
+			return filepath.SkipDir
+		case d.IsDir():
+			return os.MkdirAll(filepath.Join(dir, path), 0o755)
+		case path == "handler" || !d.Type().IsRegular():
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dir, path), data, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The README's "Your own fan-out", followed word for word: its two files
+// added to a copy of this repository, nothing else changed, build and run a
+// fan-out that starts, retries, lists its failures, refuses bad items and
+// is watched like the sample.
+func TestYourOwnFanOutAsTheREADMEShows(t *testing.T) {
+	files := readmeFiles(t)
+	module := t.TempDir()
+	copyModule(t, module)
+	for path, content := range files {
+		if _, err := os.Stat(path); err == nil {
+			t.Fatalf("%s, which the README has the user add, already exists in the repository", path)
+		}
+		os.MkdirAll(filepath.Join(module, filepath.Dir(path)), 0o755)
+		if err := os.WriteFile(filepath.Join(module, path), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(root, "handler"), ".")
+	build.Dir = module
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building with the README's files: %v\n%s", err, out)
+	}
+	for _, f := range []string{"host.json", "fan_out_fan_in/function.json", "status/function.json", "check_urls/function.json"} {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(f)), 0o755)
+		copyFile(t, filepath.Join(module, f), filepath.Join(root, f), 0o644)
+	}
+
+	var mu sync.Mutex
+	hits := map[string]int{}
+	site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		hits[r.URL.Path]++
+		n := hits[r.URL.Path]
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/slow":
+			time.Sleep(300 * time.Millisecond)
+		case "/nope":
+			w.WriteHeader(http.StatusNotFound)
+		case "/flaky":
+			if n == 1 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+		case "/down":
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	}))
+	defer site.Close()
+
+	settings := embedded(t, root, "FANOUT_ITEM_RETRY_DELAY", "10ms", "FANOUT_ITEM_MAX_ATTEMPTS", "2", "CHECK_URLS_TIMEOUT", "5s")
+	p := startHandler(t, root, settings)
+	p.waitReady(t)
+
+	var links []map[string]string
+	for _, path := range []string{"/a", "/slow", "/nope", "/flaky", "/down", "/b"} {
+		links = append(links, map[string]string{"url": site.URL + path})
+	}
+	body, _ := json.Marshal(map[string]any{"workItems": links, "maxParallelism": 3})
+	code, _, started := p.forward(t, "POST", "/api/check_urls", string(body))
+	if code != http.StatusAccepted {
+		t.Fatalf("start: %d %v", code, started)
+	}
+	st := pollStatus(t, p, started["id"].(string), "Completed")
+	if st["name"] != "check_urls_orchestrator" {
+		t.Errorf("name: %v", st["name"])
+	}
+	out, _ := st["output"].(map[string]any)
+	statuses, _ := json.Marshal(out["statuses"])
+	slowest, _ := out["slowest"].(map[string]any)
+	if string(statuses) != `{"200":4,"404":1}` || slowest["url"] != site.URL+"/slow" || out["success"] != false || out["total_items_failed"] != 1.0 {
+		t.Errorf("output: %v, want 4 × 200, 1 × 404, /slow the slowest, /down failed", out)
+	}
+	failed, _ := out["failed_items"].([]any)
+	if len(failed) != 1 || fmt.Sprint(failed[0].(map[string]any)["item"]) != fmt.Sprint(map[string]any{"url": site.URL + "/down"}) {
+		t.Errorf("failed_items: %v, want the /down link", failed)
+	}
+	mu.Lock()
+	if hits["/flaky"] != 2 || hits["/down"] != 2 || hits["/a"] != 1 {
+		t.Errorf("fetches: %v, want /flaky and /down twice (a retry each), the rest once", hits)
+	}
+	mu.Unlock()
+
+	for body, want := range map[string]string{
+		`{"workItems": ["https://example.com"]}`: "workItems must be an array of objects: workItems[0] is a string",
+		`{"workItems": [{"url": "ftp://x"}]}`:    `workItems[0]: "ftp://x" is not an http or https URL`,
+		`{"count": 3}`:                           "fan-out check_urls does not generate items: list them in workItems",
+		`{}`:                                     "workItems is missing: list the items to process",
+	} {
+		if code, _, res := p.forward(t, "POST", "/api/check_urls", body); code != http.StatusBadRequest || res["error"] != want {
+			t.Errorf("%s: got %d %v, want 400 %q", body, code, res, want)
+		}
+	}
+	// The sample runs beside it, unchanged.
+	_, _, sample := p.forward(t, "POST", "/api/fan_out_fan_in", `{"workItems": ["Task1"]}`)
+	pollStatus(t, p, sample["id"].(string), "Completed")
+}
