@@ -42,6 +42,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseScheduler$$' -fuzztime=$(FUZZTIME) ./internal/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzInvocationPayload$$' -fuzztime=$(FUZZTIME) ./internal/customhandler/
 	$(GO) test -run '^$$' -fuzz '^FuzzReadStartRequest$$' -fuzztime=$(FUZZTIME) ./functions/
+	$(GO) test -run '^$$' -fuzz '^FuzzStartRequest$$' -fuzztime=$(FUZZTIME) ./internal/fanout/
 
 ## lifecycle: the randomized lifecycle test at length: LIFECYCLE_ACTIONS actions on each backend,
 ## for each of LIFECYCLE_RUNS seeds (each run draws its own and prints it)
