@@ -136,7 +136,7 @@ func render(m machine, r results, opts options) string {
 
 	if r.baseline != 0 {
 		w.WriteString("## Against durabletask-go's defaults\n\n")
-		fmt.Fprintf(&w, "The same orchestration, %s items in one orchestration (`functions.Plan{Count: %d, PartitionSize: %d}`), on\n"+
+		fmt.Fprintf(&w, "The same orchestration, %s items in one orchestration (`fanout.Plan{Count: %d, PartitionSize: %d}`), on\n"+
 			"durabletask-go's SQLite backend opened as the library's own sidecar does (plain file path, workers with no\n"+
 			"options, the library's polling), in process and polled every %s.\n\n", thousands(baselineItems), baselineItems, baselineItems, millis(opts.poll))
 		rows := [][]string{{"durabletask-go SQLite, library defaults", seconds(r.baseline), thousands(int(baselineItems / r.baseline.Seconds())), "×1"}}

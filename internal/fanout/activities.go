@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -15,9 +16,13 @@ import (
 )
 
 // readWork reads the work activity's input in any form a version has sent:
-// {"item", "index", "attempt"}; or, from earlier versions, whose items were
-// strings, the bare item (a first attempt) or {"item", "attempt"}.
+// {"item", "index", "attempt"} (workJSON's, read here without reflection);
+// or, from earlier versions, whose items were strings, the bare item (a
+// first attempt) or {"item", "attempt"}. The index is -1 if absent.
 func readWork(raw json.RawMessage) (workInput, int, error) {
+	if in, index, ok := readWorkJSON(raw); ok {
+		return in, index, nil
+	}
 	in := workInput{Item: raw, Attempt: 1}
 	if len(raw) == 0 || raw[0] != '{' {
 		return in, -1, nil
@@ -29,6 +34,34 @@ func readWork(raw json.RawMessage) (workInput, int, error) {
 		return in, -1, nil
 	}
 	return in, *in.Index, nil
+}
+
+// readWorkJSON reads what workJSON writes, from its end: the item is the
+// rest, and decoding it checks it.
+func readWorkJSON(raw json.RawMessage) (workInput, int, bool) {
+	s := string(raw)
+	in := workInput{Attempt: 1}
+	if !strings.HasPrefix(s, `{"item":`) || !strings.HasSuffix(s, "}") {
+		return in, 0, false
+	}
+	s = s[len(`{"item":`) : len(s)-1]
+	if i := strings.LastIndex(s, `,"attempt":`); i >= 0 && !strings.Contains(s[i:], `"index"`) {
+		n, err := strconv.Atoi(s[i+len(`,"attempt":`):])
+		if err != nil || n < 1 {
+			return in, 0, false
+		}
+		in.Attempt, s = n, s[:i]
+	}
+	i := strings.LastIndex(s, `,"index":`)
+	if i < 0 {
+		return in, 0, false
+	}
+	index, err := strconv.Atoi(s[i+len(`,"index":`):])
+	if err != nil {
+		return in, 0, false
+	}
+	in.Item = raw[len(`{"item":`) : len(`{"item":`)+i]
+	return in, index, true
 }
 
 // work is the work activity: one attempt at one item, within the
@@ -93,7 +126,12 @@ func (f *runner[I, R, S]) aggregate(actx task.ActivityContext) (any, error) {
 	if err := actx.GetInput(&raw); err != nil {
 		return nil, fmt.Errorf("reading the results: %w", err)
 	}
-	var in aggregateInput
+	// aggregateInput, decoded in one pass.
+	var in struct {
+		Results  []R `json:"results"`
+		Partials []S `json:"partials"`
+		Bytes    int `json:"bytes"`
+	}
 	var err error
 	if len(raw) > 0 && raw[0] == '[' {
 		err = json.Unmarshal(raw, &in.Results)
@@ -105,18 +143,10 @@ func (f *runner[I, R, S]) aggregate(actx task.ActivityContext) (any, error) {
 	}
 	agg := f.spec.Aggregate
 	var s S
-	for i, b := range in.Results {
-		var r R
-		if err := json.Unmarshal(b, &r); err != nil {
-			return nil, fmt.Errorf("reading result %d: %w", i, err)
-		}
+	for _, r := range in.Results {
 		s = agg.Add(s, r)
 	}
-	for i, b := range in.Partials {
-		var p S
-		if err := json.Unmarshal(b, &p); err != nil {
-			return nil, fmt.Errorf("reading summary %d: %w", i, err)
-		}
+	for _, p := range in.Partials {
 		s = agg.Merge(s, p)
 	}
 	if agg.Finish != nil {

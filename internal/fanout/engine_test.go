@@ -110,7 +110,7 @@ type hub struct {
 	file   string
 }
 
-func openHub(t *testing.T, w fanout.Work[string, score], opts ...func(*fanout.Options)) *hub {
+func openHub(t testing.TB, w fanout.Work[string, score], opts ...func(*fanout.Options)) *hub {
 	t.Helper()
 	o := fanout.Options{Log: zerolog.Nop(), Retry: fastRetry}
 	for _, f := range opts {
@@ -123,7 +123,7 @@ func openHub(t *testing.T, w fanout.Work[string, score], opts ...func(*fanout.Op
 	return openEngine(t, e)
 }
 
-func openEngine(t *testing.T, e *fanout.Engine, bounds ...taskhub.Bounds) *hub {
+func openEngine(t testing.TB, e *fanout.Engine, bounds ...taskhub.Bounds) *hub {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "test.sqlite")
 	cfg := config.TaskHub{
@@ -152,7 +152,7 @@ func openEngine(t *testing.T, e *fanout.Engine, bounds ...taskhub.Bounds) *hub {
 }
 
 // waitFor polls the instance until done says so, failing after 2 minutes.
-func waitFor(t *testing.T, c taskhub.Client, id api.InstanceID, done func(*api.OrchestrationMetadata) bool) *api.OrchestrationMetadata {
+func waitFor(t testing.TB, c taskhub.Client, id api.InstanceID, done func(*api.OrchestrationMetadata) bool) *api.OrchestrationMetadata {
 	t.Helper()
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
@@ -172,7 +172,7 @@ func waitFor(t *testing.T, c taskhub.Client, id api.InstanceID, done func(*api.O
 
 func complete(md *api.OrchestrationMetadata) bool { return md.IsComplete() }
 
-func progress(t *testing.T, md *api.OrchestrationMetadata) fanout.Progress {
+func progress(t testing.TB, md *api.OrchestrationMetadata) fanout.Progress {
 	t.Helper()
 	var p fanout.Progress
 	if err := json.Unmarshal([]byte(md.SerializedCustomStatus), &p); err != nil {
@@ -182,7 +182,7 @@ func progress(t *testing.T, md *api.OrchestrationMetadata) fanout.Progress {
 }
 
 // run starts the tally orchestration with plan and waits for its output.
-func run(t *testing.T, h *hub, plan fanout.Plan) (api.InstanceID, output) {
+func run(t testing.TB, h *hub, plan fanout.Plan) (api.InstanceID, output) {
 	t.Helper()
 	id, err := h.ScheduleNewOrchestration(context.Background(), "tally_orchestrator", api.WithInput(plan))
 	if err != nil {

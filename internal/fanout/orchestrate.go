@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/microsoft/durabletask-go/task"
 )
@@ -17,7 +18,23 @@ import (
 type workInput struct {
 	Item    json.RawMessage `json:"item"`
 	Index   *int            `json:"index,omitempty"`
-	Attempt int             `json:"attempt"`
+	Attempt int             `json:"attempt,omitempty"` // absent: 1
+}
+
+// workJSON is the work activity's input as workInput encodes it, written
+// directly: every replay of a step writes it again for every item so far.
+// A first attempt leaves "attempt" out, to keep the history small.
+func workJSON(item json.RawMessage, index, attempt int) string {
+	b := make([]byte, 0, len(item)+40)
+	b = append(b, `{"item":`...)
+	b = append(b, item...)
+	b = append(b, `,"index":`...)
+	b = strconv.AppendInt(b, int64(index), 10)
+	if attempt != 1 {
+		b = append(b, `,"attempt":`...)
+		b = strconv.AppendInt(b, int64(attempt), 10)
+	}
+	return string(append(b, '}'))
 }
 
 // aggregateInput is the aggregate activity's input: item results, or
@@ -155,7 +172,7 @@ func (f *runner[I, R, S]) fanOut(ctx *task.OrchestrationContext, work items, win
 	tasks := slide(ctx, n, window, func(i, _ int) task.Task {
 		item, index := work.at(i), work.first+i
 		return newRetrying(ctx, retry, func(attempt int) task.Task {
-			return ctx.CallActivity(f.names.Work, task.WithActivityInput(workInput{Item: item, Index: &index, Attempt: attempt}))
+			return ctx.CallActivity(f.names.Work, task.WithRawActivityInput(workJSON(item, index, attempt)))
 		})
 	}, func(done []bool) {
 		finished := 0
