@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
-	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -16,52 +15,33 @@ import (
 )
 
 // readWork reads the work activity's input in any form a version has sent:
-// {"item", "index", "attempt"} (workJSON's, read here without reflection);
-// or, from earlier versions, whose items were strings, the bare item (a
-// first attempt) or {"item", "attempt"}. The index is -1 if absent.
+// [item, index] or [item, index, attempt]; or, from earlier versions, whose
+// items were strings, the bare item (a first attempt) or {"item",
+// "attempt"}. The index is -1 if absent.
 func readWork(raw json.RawMessage) (workInput, int, error) {
-	if in, index, ok := readWorkJSON(raw); ok {
-		return in, index, nil
-	}
 	in := workInput{Item: raw, Attempt: 1}
-	if len(raw) == 0 || raw[0] != '{' {
-		return in, -1, nil
-	}
-	if err := json.Unmarshal(raw, &in); err != nil {
-		return in, 0, err
-	}
-	if in.Index == nil {
-		return in, -1, nil
-	}
-	return in, *in.Index, nil
-}
-
-// readWorkJSON reads what workJSON writes, from its end: the item is the
-// rest, and decoding it checks it.
-func readWorkJSON(raw json.RawMessage) (workInput, int, bool) {
-	s := string(raw)
-	in := workInput{Attempt: 1}
-	if !strings.HasPrefix(s, `{"item":`) || !strings.HasSuffix(s, "}") {
-		return in, 0, false
-	}
-	s = s[len(`{"item":`) : len(s)-1]
-	if i := strings.LastIndex(s, `,"attempt":`); i >= 0 && !strings.Contains(s[i:], `"index"`) {
-		n, err := strconv.Atoi(s[i+len(`,"attempt":`):])
-		if err != nil || n < 1 {
-			return in, 0, false
+	switch {
+	case len(raw) > 0 && raw[0] == '[':
+		var parts []json.RawMessage
+		if err := json.Unmarshal(raw, &parts); err != nil || len(parts) < 2 || len(parts) > 3 {
+			return in, 0, fmt.Errorf("[item, index] or [item, index, attempt] expected")
 		}
-		in.Attempt, s = n, s[:i]
+		var index int
+		err := json.Unmarshal(parts[1], &index)
+		if len(parts) == 3 && err == nil {
+			err = json.Unmarshal(parts[2], &in.Attempt)
+		}
+		in.Item = parts[0]
+		return in, index, err
+	case len(raw) > 0 && raw[0] == '{':
+		if err := json.Unmarshal(raw, &in); err != nil {
+			return in, 0, err
+		}
+		if in.Index != nil {
+			return in, *in.Index, nil
+		}
 	}
-	i := strings.LastIndex(s, `,"index":`)
-	if i < 0 {
-		return in, 0, false
-	}
-	index, err := strconv.Atoi(s[i+len(`,"index":`):])
-	if err != nil {
-		return in, 0, false
-	}
-	in.Item = raw[len(`{"item":`) : len(`{"item":`)+i]
-	return in, index, true
+	return in, -1, nil
 }
 
 // work is the work activity: one attempt at one item, within the
@@ -73,7 +53,7 @@ func (f *runner[I, R, S]) work(actx task.ActivityContext) (any, error) {
 	}
 	in, index, err := readWork(raw)
 	if err != nil {
-		return nil, fmt.Errorf("reading the work item: it must be {\"item\": …, \"index\": n, \"attempt\": n}: %w", err)
+		return nil, fmt.Errorf("reading the work item: it must be [item, index] or [item, index, attempt]: %w", err)
 	}
 	item := Item[I]{Index: index, Attempt: in.Attempt}
 	if err := json.Unmarshal(in.Item, &item.Value); err != nil {

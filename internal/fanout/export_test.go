@@ -1,7 +1,5 @@
 package fanout
 
-import "encoding/json"
-
 // PlanFor is what Start would schedule for req, without scheduling it.
 func (c *Client) PlanFor(name string, req Request) (Plan, error) {
 	k := c.e.kind(name)
@@ -14,14 +12,6 @@ var (
 	WorkJSON  = workJSON
 	PlainJSON = plainJSON
 )
-
-// WorkInput is the work activity's input as encoding/json writes it.
-func WorkInput(item []byte, index, attempt int) ([]byte, error) {
-	if attempt == 1 {
-		attempt = 0 // left out
-	}
-	return json.Marshal(workInput{Item: item, Index: &index, Attempt: attempt})
-}
 
 // ReadWork reads a work activity's input: the item, its index and attempt.
 func ReadWork(raw []byte) (item []byte, index, attempt int, err error) {

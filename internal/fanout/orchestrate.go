@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/microsoft/durabletask-go/task"
 )
@@ -13,28 +14,33 @@ import (
 // deterministic: no clock, no randomness, no I/O, and logs only when not
 // replaying. Sizes are measured on the JSON that the history holds.
 
-// workInput is the work activity's input. (Earlier versions sent the bare
-// item on a first attempt and {"item", "attempt"} on a retry; see readWork.)
+// workInput is the work activity's input as an object: the form earlier
+// versions sent on a retry ({"item", "attempt"}), and that any client may
+// send. This version sends workJSON's array.
 type workInput struct {
 	Item    json.RawMessage `json:"item"`
 	Index   *int            `json:"index,omitempty"`
 	Attempt int             `json:"attempt,omitempty"` // absent: 1
 }
 
-// workJSON is the work activity's input as workInput encodes it, written
-// directly: every replay of a step writes it again for every item so far.
-// A first attempt leaves "attempt" out, to keep the history small.
+// workJSON is the work activity's input: [item, index], or [item, index,
+// attempt] past the first attempt. It is written directly, and short,
+// because every replay of a step writes it again for every item so far and
+// the history holds it.
 func workJSON(item json.RawMessage, index, attempt int) string {
-	b := make([]byte, 0, len(item)+40)
-	b = append(b, `{"item":`...)
-	b = append(b, item...)
-	b = append(b, `,"index":`...)
-	b = strconv.AppendInt(b, int64(index), 10)
+	var digits [20]byte
+	var b strings.Builder
+	b.Grow(len(item) + 24)
+	b.WriteByte('[')
+	b.Write(item)
+	b.WriteByte(',')
+	b.Write(strconv.AppendInt(digits[:0], int64(index), 10))
 	if attempt != 1 {
-		b = append(b, `,"attempt":`...)
-		b = strconv.AppendInt(b, int64(attempt), 10)
+		b.WriteByte(',')
+		b.Write(strconv.AppendInt(digits[:0], int64(attempt), 10))
 	}
-	return string(append(b, '}'))
+	b.WriteByte(']')
+	return b.String()
 }
 
 // aggregateInput is the aggregate activity's input: item results, or
