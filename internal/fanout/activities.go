@@ -63,39 +63,21 @@ func (f *runner[I, R, S]) work(actx task.ActivityContext) (any, error) {
 
 	ctx, cancel := context.WithTimeout(actx.Context(), f.opts.ItemTimeout)
 	defer cancel()
-	type outcome struct {
-		r   R
-		err error
-	}
-	done := make(chan outcome, 1)
-	go func() {
-		defer func() {
-			if p := recover(); p != nil {
-				done <- outcome{err: fmt.Errorf("the work panicked: %v", p)}
-			}
-		}()
-		r, err := f.spec.Work(ctx, item)
-		done <- outcome{r, err}
-	}()
-	// Work that ignores its ctx is not waited for: the attempt fails when
-	// its time is up, and the work's late outcome is dropped.
-	var o outcome
-	select {
-	case o = <-done:
-	case <-ctx.Done():
-	}
+	r, err := f.spec.Work(ctx, item)
 	switch {
 	case actx.Context().Err() != nil:
 		// The worker is stopping: nothing is recorded, and the item runs
 		// again when the hub next runs.
 		return nil, actx.Context().Err()
-	case o.err == nil && ctx.Err() == nil:
-		return o.r, nil
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		// Late, whatever the outcome: an attempt's result counts only
+		// within its time.
 		item.Log.Warn().Int("attempt", in.Attempt).Dur("timeout", f.opts.ItemTimeout).Msg("work item timed out")
 		return nil, fmt.Errorf("attempt %d took longer than the %s an attempt may take", in.Attempt, f.opts.ItemTimeout)
+	case err != nil:
+		return nil, err
 	}
-	return nil, o.err
+	return r, nil
 }
 
 // aggregate is the aggregate activity: it folds results into a summary, or
