@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -22,6 +23,10 @@ func readWork(raw json.RawMessage) (workInput, int, error) {
 	in := workInput{Item: raw, Attempt: 1}
 	switch {
 	case len(raw) > 0 && raw[0] == '[':
+		if item, index, attempt, ok := readWorkJSON(raw); ok {
+			in.Item, in.Attempt = item, attempt
+			return in, index, nil
+		}
 		var parts []json.RawMessage
 		if err := json.Unmarshal(raw, &parts); err != nil || len(parts) < 2 || len(parts) > 3 {
 			return in, 0, fmt.Errorf("[item, index] or [item, index, attempt] expected")
@@ -42,6 +47,38 @@ func readWork(raw json.RawMessage) (workInput, int, error) {
 		}
 	}
 	return in, -1, nil
+}
+
+// readWorkJSON reads what workJSON writes, without reflection: from the
+// end, a number after a comma is the index, or the attempt if a number
+// after a comma comes before it too; the item, a JSON value, is the rest
+// (and decoding it checks it).
+func readWorkJSON(raw json.RawMessage) (item json.RawMessage, index, attempt int, ok bool) {
+	if len(raw) < 4 || raw[len(raw)-1] != ']' {
+		return nil, 0, 0, false
+	}
+	body := raw[1 : len(raw)-1]
+	last, body, ok := trailingNumber(body)
+	if !ok {
+		return nil, 0, 0, false
+	}
+	if before, rest, ok := trailingNumber(body); ok {
+		return rest, before, last, len(rest) > 0
+	}
+	return body, last, 1, len(body) > 0
+}
+
+// trailingNumber splits ",<digits>" off the end of b.
+func trailingNumber(b []byte) (int, []byte, bool) {
+	i := len(b)
+	for i > 0 && b[i-1] >= '0' && b[i-1] <= '9' {
+		i--
+	}
+	if i == len(b) || i == 0 || b[i-1] != ',' || len(b)-i > 9 {
+		return 0, b, false
+	}
+	n, _ := strconv.Atoi(string(b[i:]))
+	return n, b[:i-1], true
 }
 
 // work is the work activity: one attempt at one item, within the

@@ -19,7 +19,7 @@ func TestHandWrittenJSONIsEncodingJSONs(t *testing.T) {
 			t.Logf("%q: not taken as plain, though it could be", s)
 		}
 	}
-	for _, item := range []string{`"Item1"`, `{"url":"http://x"}`, `12`, `-1.5`, `[1,2]`, `{"index":5,"attempt":7}`, `",9"`} {
+	for _, item := range []string{`"Item1"`, `{"url":"http://x"}`, `12`, `-1.5`, `[1,2]`, `{"index":5,"attempt":7}`, `",9"`, `[3,4]`, `1e5`} {
 		for _, n := range [][2]int{{0, 1}, {999_999, 3}, {7, 100}} {
 			parts := []any{json.RawMessage(item), n[0]}
 			if n[1] != 1 {
