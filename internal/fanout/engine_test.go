@@ -808,3 +808,23 @@ func describe(e *backend.HistoryEvent) string {
 	}
 	return ""
 }
+
+// The app's settings are bounded as the engine is, and default as it does.
+func TestSettingsMatchTheEngine(t *testing.T) {
+	for _, c := range []struct {
+		name           string
+		setting, fixed any
+	}{
+		{"most items", config.MaxWorkItems, fanout.MaxItems},
+		{"largest partition", config.MaxPartitionSize, fanout.MaxPartitionSize},
+		{"default partition", config.DefaultPartitionSize, fanout.DefaultPartitionSize},
+		{"most attempts", config.MaxAttempts, fanout.MaxAttempts},
+		{"default item timeout", config.DefaultItemTimeout, fanout.DefaultItemTimeout},
+		{"default retry", fanout.NewRetryPolicy(config.DefaultMaxAttempts, config.DefaultRetryDelay, config.DefaultRetryBackoff, config.DefaultRetryMaxDelay), fanout.DefaultRetry},
+		{"payload bound", config.DefaultMaxPayloadBytes * 3 / 4, fanout.DefaultSummaryBytes},
+	} {
+		if c.setting != c.fixed {
+			t.Errorf("%s: the settings say %v, the engine %v", c.name, c.setting, c.fixed)
+		}
+	}
+}
