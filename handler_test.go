@@ -710,10 +710,13 @@ func completedItems(t *testing.T, file, id string) map[string]bool {
 	var completed []int32
 	for _, e := range append(history, pending...) {
 		if ts := e.GetTaskScheduled(); ts != nil && ts.Name == "process_work_item" {
-			// {"item", "index", "attempt"}
-			var in struct{ Item string }
-			json.Unmarshal([]byte(ts.Input.GetValue()), &in)
-			scheduled[e.EventId] = in.Item
+			// [item, index] or [item, index, attempt]
+			var in []json.RawMessage
+			var item string
+			if json.Unmarshal([]byte(ts.Input.GetValue()), &in) == nil && len(in) > 0 {
+				json.Unmarshal(in[0], &item)
+			}
+			scheduled[e.EventId] = item
 		}
 		if tc := e.GetTaskCompleted(); tc != nil {
 			completed = append(completed, tc.TaskScheduledId)
