@@ -10,32 +10,27 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
-// readmeFiles returns the files README.md's "Your own fan-out" walks a user
+// guideFiles returns the files docs/your-own-fan-out.md walks a user
 // through adding, by path: each is a code block right after a line naming
 // it.
-func readmeFiles(t *testing.T) map[string]string {
+func guideFiles(t *testing.T) map[string]string {
 	t.Helper()
-	data, err := os.ReadFile("README.md")
+	data, err := os.ReadFile("docs/your-own-fan-out.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, section, ok := strings.Cut(string(data), "\n## Your own fan-out\n")
-	if !ok {
-		t.Fatal(`README.md has no "## Your own fan-out" section`)
-	}
-	section, _, _ = strings.Cut(section, "\n## ")
+	section := string(data)
 	files := map[string]string{}
 	for _, m := range regexp.MustCompile("(?s)`([^`\n]+\\.(?:go|json))`[^\n]*:\n\n```(?:go|json)\n(.*?)\n```").FindAllStringSubmatch(section, -1) {
 		files[m[1]] = m[2] + "\n"
 	}
 	if len(files) != 2 {
-		t.Fatalf("README.md's walk-through names %d files, want its Go file and its function.json: %v", len(files), files)
+		t.Fatalf("docs/your-own-fan-out.md names %d files, want its Go file and its function.json: %v", len(files), files)
 	}
 	return files
 }
@@ -67,17 +62,17 @@ func copyModule(t *testing.T, dir string) {
 	}
 }
 
-// The README's "Your own fan-out", followed word for word: its two files
+// docs/your-own-fan-out.md, followed word for word: its two files
 // added to a copy of this repository, nothing else changed, build and run a
 // fan-out that starts, retries, lists its failures, refuses bad items and
 // is watched like the sample.
-func TestYourOwnFanOutAsTheREADMEShows(t *testing.T) {
-	files := readmeFiles(t)
+func TestYourOwnFanOutAsTheGuideShows(t *testing.T) {
+	files := guideFiles(t)
 	module := t.TempDir()
 	copyModule(t, module)
 	for path, content := range files {
 		if _, err := os.Stat(path); err == nil {
-			t.Fatalf("%s, which the README has the user add, already exists in the repository", path)
+			t.Fatalf("%s, which the guide has the user add, already exists in the repository", path)
 		}
 		os.MkdirAll(filepath.Join(module, filepath.Dir(path)), 0o755)
 		if err := os.WriteFile(filepath.Join(module, path), []byte(content), 0o644); err != nil {
@@ -88,7 +83,7 @@ func TestYourOwnFanOutAsTheREADMEShows(t *testing.T) {
 	build := exec.Command("go", "build", "-o", filepath.Join(root, "handler"), ".")
 	build.Dir = module
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building with the README's files: %v\n%s", err, out)
+		t.Fatalf("building with the guide's files: %v\n%s", err, out)
 	}
 	for _, f := range []string{"host.json", "fan_out_fan_in/function.json", "status/function.json", "check_urls/function.json"} {
 		os.MkdirAll(filepath.Join(root, filepath.Dir(f)), 0o755)

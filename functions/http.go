@@ -198,7 +198,7 @@ func Status(c *fanout.Client, s Settings) http.Handler {
 			listInstances(w, r, c)
 			return
 		}
-		allowed := map[string]string{"": "GET, DELETE", "terminate": "POST", "suspend": "POST", "resume": "POST", "restart": "POST"}[action]
+		allowed := StatusActions()[action]
 		if allowed == "" {
 			renderError(w, r, httpjson.Errorf(http.StatusNotFound, "unknown action %q: the actions are terminate, suspend, resume and restart", vars["action"]))
 			return
@@ -246,6 +246,13 @@ func Status(c *fanout.Client, s Settings) http.Handler {
 		w.Header().Set("Location", url)
 		httpjson.Write(w, http.StatusAccepted, map[string]string{"id": id, "statusQueryGetUri": url})
 	})
+}
+
+// StatusActions are what the status function does with an instance: each
+// action (its route's {action}; "" for the instance itself) with the
+// methods it takes.
+func StatusActions() map[string]string {
+	return map[string]string{"": "GET, DELETE", "terminate": "POST", "suspend": "POST", "resume": "POST", "restart": "POST"}
 }
 
 // renderStatus answers a status query for md.

@@ -167,7 +167,7 @@ var (
 // problems are reported with the rest.
 func Load(args []string, getenv func(string) string, app ...func(*Parser)) (Config, error) {
 	if len(args) > 0 {
-		return Config{}, fmt.Errorf("unexpected arguments %q: the handler is configured by host.json and app settings (environment variables), see README.md", args)
+		return Config{}, fmt.Errorf("unexpected arguments %q: the handler is configured by host.json and app settings (environment variables), see docs/configuration.md", args)
 	}
 	root := getenv(SettingAppRoot)
 	if root == "" {
