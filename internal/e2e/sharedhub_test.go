@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests of the embedded hub under load and shared: the real
 // handler binary, several processes on one SQLite file, many clients at once.

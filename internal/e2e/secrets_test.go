@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests that nothing secret reaches the handler's output on the
 // paths where it would most easily slip out: a connection string refused at

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests of the scheduler's authentication: the real handler
 // binary takes its tokens from local stand-ins for the Azure identity

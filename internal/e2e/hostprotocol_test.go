@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests of how the handler meets the Functions host's protocol:
 // routes matched as the host matches them, and a request body over the

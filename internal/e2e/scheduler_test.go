@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests of the scheduler path: the real handler binary on a real
 // durabletask gRPC backend (the upstream durabletask-go sidecar), directly

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The status page in a real browser: headless Chromium, driven with
 // chromedp, against the real handler.

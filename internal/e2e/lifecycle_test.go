@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests of what the hub guarantees whatever the order of actions:
 // a purge, a lock, a kill never lose or misplace another instance's work.
@@ -398,7 +398,7 @@ func TestRandomLifecycle(t *testing.T) {
 		defer func() {
 			if t.Failed() {
 				t.Logf("actions:\n%s", strings.Join(l.actions, "\n"))
-				t.Logf("replay with: go test -run '^%s$' -lifecycle.seed=%d -lifecycle.actions=%d .", t.Name(), seed, *lifecycleActions)
+				t.Logf("replay with: go test -run '^%s$' -lifecycle.seed=%d -lifecycle.actions=%d ./internal/e2e/", t.Name(), seed, *lifecycleActions)
 			}
 		}()
 		l.settings = settings(t, root,

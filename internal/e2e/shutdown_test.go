@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests of stopping the handler: the real binary, stopped with
 // signals as the Functions host, a container platform or Ctrl-C stop it.
