@@ -169,62 +169,112 @@ func Load(args []string, getenv func(string) string, app ...func(*Parser)) (Conf
 	if len(args) > 0 {
 		return Config{}, fmt.Errorf("unexpected arguments %q: the handler is configured by host.json and app settings (environment variables), see docs/configuration.md", args)
 	}
-	root := getenv(SettingAppRoot)
-	if root == "" {
-		wd, err := os.Getwd()
-		if err != nil {
-			return Config{}, fmt.Errorf("finding the app root: %w", err)
-		}
-		root = wd
-	}
-	root, err := filepath.Abs(root)
+	root, err := findAppRoot(getenv)
 	if err != nil {
-		return Config{}, fmt.Errorf("finding the app root: %w", err)
+		return Config{}, err
 	}
 	host, err := readHostJSON(filepath.Join(root, "host.json"))
 	if err != nil {
 		return Config{}, err
 	}
-
 	p := Parser{getenv: getenv}
 	cfg := Config{
-		AppRoot:     root,
-		Port:        p.Int(SettingPort, DefaultPort, 0, 65535),
-		RoutePrefix: DefaultRoutePrefix,
-		LogFormat:   p.oneOf(SettingLogFormat, "json", "json", "console"),
-		LogLevel:    p.level(SettingLogLevel),
-		Limits: Limits{
-			MaxWorkItems:  p.Int(SettingMaxWorkItems, DefaultMaxWorkItems, 1, MaxWorkItems),
-			MaxItemLength: p.Int(SettingMaxItemLength, DefaultMaxItemLength, 1, 1<<16),
-			PartitionSize: p.Int(SettingPartitionSize, DefaultPartitionSize, 1, MaxPartitionSize),
-		},
-		ItemTimeout: p.Duration(SettingItemTimeout, DefaultItemTimeout),
-		Retry: Retry{
-			MaxAttempts: p.Int(SettingMaxAttempts, DefaultMaxAttempts, 1, MaxAttempts),
-			FirstDelay:  p.Duration(SettingRetryDelay, DefaultRetryDelay),
-			Backoff:     p.float(SettingRetryBackoff, DefaultRetryBackoff, 1, 10),
-			MaxDelay:    p.Duration(SettingRetryMaxDelay, DefaultRetryMaxDelay),
-		},
+		AppRoot:       root,
+		Port:          p.Int(SettingPort, DefaultPort, 0, 65535),
+		LogFormat:     p.oneOf(SettingLogFormat, "json", "json", "console"),
+		LogLevel:      p.level(SettingLogLevel),
+		Limits:        p.limits(),
+		ItemTimeout:   p.itemTimeout(),
+		Retry:         p.retry(),
+		ShutdownGrace: p.shutdownGrace(),
+		RoutePrefix:   p.routePrefix(host),
+		TaskHub:       p.taskHub(host.Extensions.DurableTask, root),
 	}
-	if cfg.ItemTimeout == 0 {
+	for _, read := range app {
+		read(&p)
+	}
+	if err := errors.Join(p.errs...); err != nil {
+		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	return cfg, nil
+}
+
+// findAppRoot is FUNCTIONS_APP_ROOT_PATH, else the working directory.
+func findAppRoot(getenv func(string) string) (string, error) {
+	root := getenv(SettingAppRoot)
+	if root == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return "", fmt.Errorf("finding the app root: %w", err)
+		}
+		root = wd
+	}
+	root, err := filepath.Abs(root)
+	if err != nil {
+		return "", fmt.Errorf("finding the app root: %w", err)
+	}
+	return root, nil
+}
+
+// limits reads what one start may ask for, and how its work is split.
+func (p *Parser) limits() Limits {
+	l := Limits{
+		MaxWorkItems:  p.Int(SettingMaxWorkItems, DefaultMaxWorkItems, 1, MaxWorkItems),
+		MaxItemLength: p.Int(SettingMaxItemLength, DefaultMaxItemLength, 1, 1<<16),
+		PartitionSize: p.Int(SettingPartitionSize, DefaultPartitionSize, 1, MaxPartitionSize),
+	}
+	l.MaxBodyBytes = int64(p.Int(SettingMaxBodyBytes, max(DefaultMaxBodyBytes, bodyBytesPerItem*l.MaxWorkItems), 2, 1<<30))
+	return l
+}
+
+// itemTimeout reads how long one attempt at an item may take.
+func (p *Parser) itemTimeout() time.Duration {
+	d := p.Duration(SettingItemTimeout, DefaultItemTimeout)
+	if d == 0 {
 		p.Fail("%s is 0: an attempt needs some time; give a duration such as 30s", SettingItemTimeout)
 	}
-	if cfg.Retry.FirstDelay > cfg.Retry.MaxDelay {
-		p.Fail("%s (%s) is longer than %s (%s)", SettingRetryDelay, cfg.Retry.FirstDelay, SettingRetryMaxDelay, cfg.Retry.MaxDelay)
-	}
-	cfg.Limits.MaxBodyBytes = int64(p.Int(SettingMaxBodyBytes, max(DefaultMaxBodyBytes, bodyBytesPerItem*cfg.Limits.MaxWorkItems), 2, 1<<30))
-	cfg.ShutdownGrace = p.Duration(SettingShutdownGrace, DefaultShutdownGrace)
-	if cfg.ShutdownGrace < MinShutdownGrace {
-		p.Fail("%s is %s: it must be at least %s", SettingShutdownGrace, cfg.ShutdownGrace, MinShutdownGrace)
-	}
-	if prefix := host.Extensions.HTTP.RoutePrefix; prefix != nil {
-		cfg.RoutePrefix = strings.Trim(*prefix, "/")
-		if cfg.RoutePrefix != "" && !routePrefixPattern.MatchString(cfg.RoutePrefix) {
-			p.Fail("host.json extensions.http.routePrefix %q: use letters, digits, '-', '_' and '.' between slashes", *prefix)
-		}
-	}
+	return d
+}
 
-	dt := host.Extensions.DurableTask
+// retry reads how failed items are tried again.
+func (p *Parser) retry() Retry {
+	r := Retry{
+		MaxAttempts: p.Int(SettingMaxAttempts, DefaultMaxAttempts, 1, MaxAttempts),
+		FirstDelay:  p.Duration(SettingRetryDelay, DefaultRetryDelay),
+		Backoff:     p.float(SettingRetryBackoff, DefaultRetryBackoff, 1, 10),
+		MaxDelay:    p.Duration(SettingRetryMaxDelay, DefaultRetryMaxDelay),
+	}
+	if r.FirstDelay > r.MaxDelay {
+		p.Fail("%s (%s) is longer than %s (%s)", SettingRetryDelay, r.FirstDelay, SettingRetryMaxDelay, r.MaxDelay)
+	}
+	return r
+}
+
+// shutdownGrace reads how long a stop signal leaves the handler.
+func (p *Parser) shutdownGrace() time.Duration {
+	d := p.Duration(SettingShutdownGrace, DefaultShutdownGrace)
+	if d < MinShutdownGrace {
+		p.Fail("%s is %s: it must be at least %s", SettingShutdownGrace, d, MinShutdownGrace)
+	}
+	return d
+}
+
+// routePrefix reads host.json's extensions.http.routePrefix.
+func (p *Parser) routePrefix(host hostJSON) string {
+	prefix := host.Extensions.HTTP.RoutePrefix
+	if prefix == nil {
+		return DefaultRoutePrefix
+	}
+	trimmed := strings.Trim(*prefix, "/")
+	if trimmed != "" && !routePrefixPattern.MatchString(trimmed) {
+		p.Fail("host.json extensions.http.routePrefix %q: use letters, digits, '-', '_' and '.' between slashes", *prefix)
+	}
+	return trimmed
+}
+
+// taskHub reads which task hub to run on, from host.json's
+// extensions.durableTask (dt) and the app settings; root is the app root.
+func (p *Parser) taskHub(dt durableTaskJSON, root string) TaskHub {
 	hub := TaskHub{
 		Name:                        DefaultHubName,
 		ConnectionSetting:           DefaultConnectionSetting,
@@ -252,7 +302,42 @@ func Load(args []string, getenv func(string) string, app ...func(*Parser)) (Conf
 	if name := dt.StorageProvider.ConnectionStringName; name != "" {
 		hub.ConnectionSetting = name
 	}
-	connection := strings.TrimSpace(getenv(hub.ConnectionSetting))
+	connection := p.scheduler(&hub, dt, hubNameValid)
+	if n := dt.MaxConcurrentActivityFunctions; n != nil {
+		hub.MaxConcurrentActivities = p.limit("host.json extensions.durableTask.maxConcurrentActivityFunctions", *n)
+	}
+	if n := dt.MaxConcurrentOrchestratorFunctions; n != nil {
+		hub.MaxConcurrentOrchestrations = p.limit("host.json extensions.durableTask.maxConcurrentOrchestratorFunctions", *n)
+	}
+	dir := p.getenv(SettingEmbeddedDir)
+	if dir == "" {
+		dir = DefaultEmbeddedDir
+	}
+	if !filepath.IsAbs(dir) {
+		dir = filepath.Join(root, dir)
+	}
+	if connection == "" && strings.ContainsAny(dir, "?#%") {
+		// The path becomes part of a SQLite URI, where '?' and '#' end the
+		// path and '%' starts an escape.
+		p.Fail("%s %q: the path may not contain '?', '#' or '%%'", SettingEmbeddedDir, dir)
+	}
+	hub.EmbeddedFile = filepath.Join(dir, hub.Name+".sqlite")
+	// Embedded only: the scheduler's leases belong to the worker's stream.
+	if connection == "" {
+		// A live worker renews its locks while the work runs, so the
+		// timeout bounds only how long a dead worker's items wait; it is
+		// renewed every third of it.
+		if hub.LockTimeout < time.Second {
+			p.Fail("%s is %s: it must be at least 1s", SettingLockTimeout, hub.LockTimeout)
+		}
+	}
+	return hub
+}
+
+// scheduler reads the connection string that host.json names, if set, into
+// hub, and returns it.
+func (p *Parser) scheduler(hub *TaskHub, dt durableTaskJSON, hubNameValid bool) string {
+	connection := strings.TrimSpace(p.getenv(hub.ConnectionSetting))
 	if connection != "" {
 		var taskHub string
 		var errs []error
@@ -276,43 +361,7 @@ func Load(args []string, getenv func(string) string, app ...func(*Parser)) (Conf
 				hub.ConnectionSetting, taskHub, from, hub.Name)
 		}
 	}
-	if n := dt.MaxConcurrentActivityFunctions; n != nil {
-		hub.MaxConcurrentActivities = p.limit("host.json extensions.durableTask.maxConcurrentActivityFunctions", *n)
-	}
-	if n := dt.MaxConcurrentOrchestratorFunctions; n != nil {
-		hub.MaxConcurrentOrchestrations = p.limit("host.json extensions.durableTask.maxConcurrentOrchestratorFunctions", *n)
-	}
-	dir := getenv(SettingEmbeddedDir)
-	if dir == "" {
-		dir = DefaultEmbeddedDir
-	}
-	if !filepath.IsAbs(dir) {
-		dir = filepath.Join(root, dir)
-	}
-	if connection == "" && strings.ContainsAny(dir, "?#%") {
-		// The path becomes part of a SQLite URI, where '?' and '#' end the
-		// path and '%' starts an escape.
-		p.Fail("%s %q: the path may not contain '?', '#' or '%%'", SettingEmbeddedDir, dir)
-	}
-	hub.EmbeddedFile = filepath.Join(dir, hub.Name+".sqlite")
-	// Embedded only: the scheduler's leases belong to the worker's stream.
-	if connection == "" {
-		// A live worker renews its locks while the work runs, so the
-		// timeout bounds only how long a dead worker's items wait; it is
-		// renewed every third of it.
-		if hub.LockTimeout < time.Second {
-			p.Fail("%s is %s: it must be at least 1s", SettingLockTimeout, hub.LockTimeout)
-		}
-	}
-	cfg.TaskHub = hub
-	for _, read := range app {
-		read(&p)
-	}
-
-	if err := errors.Join(p.errs...); err != nil {
-		return Config{}, fmt.Errorf("invalid configuration:\n%w", err)
-	}
-	return cfg, nil
+	return connection
 }
 
 // hostJSON is the part of host.json this app reads. Property names match
@@ -322,16 +371,19 @@ type hostJSON struct {
 		HTTP struct {
 			RoutePrefix *string `json:"routePrefix"`
 		} `json:"http"`
-		DurableTask struct {
-			HubName         *string `json:"hubName"`
-			StorageProvider struct {
-				Type                 string `json:"type"`
-				ConnectionStringName string `json:"connectionStringName"`
-			} `json:"storageProvider"`
-			MaxConcurrentActivityFunctions     *int `json:"maxConcurrentActivityFunctions"`
-			MaxConcurrentOrchestratorFunctions *int `json:"maxConcurrentOrchestratorFunctions"`
-		} `json:"durableTask"`
+		DurableTask durableTaskJSON `json:"durableTask"`
 	} `json:"extensions"`
+}
+
+// durableTaskJSON is host.json's extensions.durableTask.
+type durableTaskJSON struct {
+	HubName         *string `json:"hubName"`
+	StorageProvider struct {
+		Type                 string `json:"type"`
+		ConnectionStringName string `json:"connectionStringName"`
+	} `json:"storageProvider"`
+	MaxConcurrentActivityFunctions     *int `json:"maxConcurrentActivityFunctions"`
+	MaxConcurrentOrchestratorFunctions *int `json:"maxConcurrentOrchestratorFunctions"`
 }
 
 func readHostJSON(path string) (hostJSON, error) {

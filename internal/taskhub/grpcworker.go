@@ -365,11 +365,11 @@ func (w *grpcWorker) runOrchestrator(req orchestratorRequest, history encodedHis
 	}
 	withToken(res, fieldOrchestratorRespToken, token)
 	if size, path := largestPayload(res); size > w.maxPayloadBytes {
-		msg := fmt.Sprintf("the orchestrator produced a %d-byte payload (%s), over the scheduler's limit of %d bytes per payload: pass less data between steps, for example with fewer items per partition (FANOUT_PARTITION_SIZE) or shorter items", size, path, w.maxPayloadBytes)
+		msg := fmt.Sprintf("the orchestrator produced a %d-byte payload (%s), over the scheduler's limit of %d bytes per payload: pass less data between steps, for example with fewer items per partition or shorter items", size, path, w.maxPayloadBytes)
 		log.Error().Msg(msg)
 		failOrchestration(res, "PayloadTooLarge", msg)
 	} else if size := proto.Size(res); size > w.maxStepBytes {
-		msg := fmt.Sprintf("the orchestrator's step is %d bytes, over the scheduler's limit of %d bytes per step: schedule less at once, for example with fewer items per partition (FANOUT_PARTITION_SIZE)", size, w.maxStepBytes)
+		msg := fmt.Sprintf("the orchestrator's step is %d bytes, over the scheduler's limit of %d bytes per step: schedule less at once, for example with fewer items per partition", size, w.maxStepBytes)
 		log.Error().Msg(msg)
 		failOrchestration(res, "OrchestratorResponseTooLarge", msg)
 	}
