@@ -27,6 +27,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"fanoutfanin/internal/sidecar"
 )
 
 // The sizes measured.
@@ -151,8 +153,7 @@ func run(ctx context.Context, opts options) error {
 	}
 	if opts.runs("grpc") {
 		progress("building the durabletask-go sidecar")
-		b.sidecar = filepath.Join(tmp, "sidecar")
-		if err := goBuild(ctx, root, b.sidecar, "github.com/microsoft/durabletask-go"); err != nil {
+		if b.sidecar, err = sidecar.Build(); err != nil {
 			return err
 		}
 	}
@@ -275,8 +276,7 @@ func layOutApp(ctx context.Context, root, tmp string) (string, error) {
 	return app, nil
 }
 
-// goBuild builds pkg into out, from the module root, so that the sidecar is
-// the durabletask-go version go.mod requires.
+// goBuild builds pkg into out, from the module root.
 func goBuild(ctx context.Context, root, out, pkg string) error {
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, pkg)
 	cmd.Dir = root

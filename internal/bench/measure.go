@@ -24,6 +24,7 @@ import (
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/logging"
+	"fanoutfanin/internal/sidecar"
 )
 
 // bench holds what every measurement shares.
@@ -92,8 +93,8 @@ func (b *bench) embeddedFanOut(ctx context.Context, n, partition int) (fanOutRes
 }
 
 // fanOutWith runs one fan-out of n items in a fresh handler with settings,
-// on sidecar if not nil; partition, if not 0, sets FANOUT_PARTITION_SIZE.
-func (b *bench) fanOutWith(ctx context.Context, settings map[string]string, sidecar *child, n, partition int) (fanOutResult, error) {
+// on sidecar sc if not nil; partition, if not 0, sets FANOUT_PARTITION_SIZE.
+func (b *bench) fanOutWith(ctx context.Context, settings map[string]string, sc *sidecar.Process, n, partition int) (fanOutResult, error) {
 	if partition != 0 {
 		settings["FANOUT_PARTITION_SIZE"] = strconv.Itoa(partition)
 	}
@@ -102,7 +103,7 @@ func (b *bench) fanOutWith(ctx context.Context, settings map[string]string, side
 		return fanOutResult{}, err
 	}
 	defer b.stopHandler(h)
-	r, err := b.timedFanOut(ctx, h, sidecar, n)
+	r, err := b.timedFanOut(ctx, h, sc, n)
 	r.partition = partition
 	return r, err
 }
@@ -110,15 +111,15 @@ func (b *bench) fanOutWith(ctx context.Context, settings map[string]string, side
 // timedFanOut starts a fan-out of n items on h and waits for it to
 // complete, timing it from just before the start request, and reads the
 // handler's (and sidecar's, if any) CPU time around it and its peak RSS.
-func (b *bench) timedFanOut(ctx context.Context, h *handler, sidecar *child, n int) (fanOutResult, error) {
+func (b *bench) timedFanOut(ctx context.Context, h *handler, sc *sidecar.Process, n int) (fanOutResult, error) {
 	r := fanOutResult{items: n}
 	h0, err := cpuTime(h.pid(), b.clkTck)
 	if err != nil {
 		return r, err
 	}
 	var s0 cpuUsage
-	if sidecar != nil {
-		if s0, err = cpuTime(sidecar.pid(), b.clkTck); err != nil {
+	if sc != nil {
+		if s0, err = cpuTime(sc.Pid(), b.clkTck); err != nil {
 			return r, err
 		}
 	}
@@ -136,8 +137,8 @@ func (b *bench) timedFanOut(ctx context.Context, h *handler, sidecar *child, n i
 		return r, err
 	}
 	r.handlerCPU = h1.minus(h0)
-	if sidecar != nil {
-		s1, err := cpuTime(sidecar.pid(), b.clkTck)
+	if sc != nil {
+		s1, err := cpuTime(sc.Pid(), b.clkTck)
 		if err != nil {
 			return r, err
 		}
@@ -298,16 +299,17 @@ func (b *bench) grpcFanOut(ctx context.Context, n, partition int) (fanOutResult,
 	if err != nil {
 		return fanOutResult{}, err
 	}
-	sc, addr, err := startSidecar(ctx, b.sidecar, filepath.Join(dir, "sidecar.sqlite"))
+	sc, err := sidecar.Start(b.sidecar, 0, filepath.Join(dir, "sidecar.sqlite"))
 	if err != nil {
 		return fanOutResult{}, err
 	}
-	defer sc.stop()
+	defer sc.Stop()
+	addr := sc.Addr
 	settings := embeddedSettings(dir)
 	settings["DURABLE_TASK_SCHEDULER_CONNECTION_STRING"] = "Endpoint=http://" + addr + ";Authentication=None"
 	r, err := b.fanOutWith(ctx, settings, sc, n, partition)
 	if err == nil {
-		err = sc.running() // the sidecar must have lived through it
+		err = sc.Running() // the sidecar must have lived through it
 	}
 	return r, err
 }

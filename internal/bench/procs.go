@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"fanoutfanin/internal/sidecar"
 	"fanoutfanin/internal/tailbuf"
 )
 
@@ -89,7 +89,7 @@ type handler struct {
 // in FUNCTIONS_CUSTOMHANDLER_PORT, and settings as app settings. It returns
 // once GET / answers.
 func startHandler(ctx context.Context, appRoot string, settings map[string]string) (*handler, error) {
-	port, err := freePort()
+	port, err := sidecar.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -153,48 +153,6 @@ func inheritedEnv() []string {
 		env = append(env, kv)
 	}
 	return env
-}
-
-// startSidecar starts the upstream durabletask-go sidecar on a free loopback
-// port with its SQLite file at db, and returns once it accepts connections.
-func startSidecar(ctx context.Context, binary, db string) (*child, string, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, "", err
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	c, err := startChild("sidecar", exec.Command(binary, "-host", "127.0.0.1", "-port", strconv.Itoa(port), "-db", db))
-	if err != nil {
-		return nil, "", err
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if err := c.running(); err != nil {
-			return nil, "", err
-		}
-		if conn, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
-			conn.Close()
-			return c, addr, nil
-		}
-		if time.Now().After(deadline) {
-			c.stop()
-			return nil, "", fmt.Errorf("the sidecar did not listen on %s within 30 s; its output:\n%s", addr, c.output)
-		}
-		if err := sleep(ctx, 20*time.Millisecond); err != nil {
-			c.stop()
-			return nil, "", err
-		}
-	}
-}
-
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("finding a free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // peakRSS is the process's peak resident set size in bytes (VmHWM).
