@@ -49,7 +49,7 @@ fuzz:
 LIFECYCLE_ACTIONS ?= 300
 LIFECYCLE_RUNS    ?= 5
 lifecycle:
-	$(GO) test -count=$(LIFECYCLE_RUNS) -timeout 2h -run '^TestRandomLifecycle$$' -lifecycle.actions=$(LIFECYCLE_ACTIONS) -v ./internal/e2e/
+	$(GO) test ./internal/e2e/ -count=$(LIFECYCLE_RUNS) -timeout 2h -v -run '^TestRandomLifecycle$$' -lifecycle.actions=$(LIFECYCLE_ACTIONS)
 
 ## bench: builds the handler and measures it end to end (internal/bench); the results, with the
 ## machine, go to BENCHMARKS.md. Takes some minutes. BENCHFLAGS=-million adds 1,000,000 items;

@@ -398,7 +398,7 @@ func TestRandomLifecycle(t *testing.T) {
 		defer func() {
 			if t.Failed() {
 				t.Logf("actions:\n%s", strings.Join(l.actions, "\n"))
-				t.Logf("replay with: go test -run '^%s$' -lifecycle.seed=%d -lifecycle.actions=%d ./internal/e2e/", t.Name(), seed, *lifecycleActions)
+				t.Logf("replay with: go test ./internal/e2e/ -run '^%s$' -lifecycle.seed=%d -lifecycle.actions=%d", t.Name(), seed, *lifecycleActions)
 			}
 		}()
 		l.settings = settings(t, root,
