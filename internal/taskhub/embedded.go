@@ -34,11 +34,6 @@ func embeddedDSN(file string) string {
 	return "file:" + file + "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 }
 
-// handBackTime is the part of Close's time kept, at its end, for handing
-// back the work still running and checkpointing the file: a few statements,
-// which may wait behind another process's write.
-const handBackTime = time.Second
-
 func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger) (*Hub, error) {
 	return openEmbeddedPolling(ctx, cfg, registry, log, polling{minPollInterval, maxPollInterval})
 }
@@ -113,26 +108,11 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 			close(stopped)
 		}()
 		defer stopWork()
-		finishBy, cancel := context.WithCancel(ctx)
-		if deadline, ok := ctx.Deadline(); ok {
-			finishBy, cancel = context.WithDeadline(ctx, deadline.Add(-min(handBackTime, time.Until(deadline)/4)))
-		}
-		defer cancel()
-		var handedBack error
-		select {
-		case <-stopped:
-		case <-finishBy.Done():
-			// Cancel what is still running: the workers hand it back, and
-			// an activity that does not stop is left behind (hubExecutor).
-			stopWork()
-			handedBack = fmt.Errorf("work still running when the shutdown grace period ended was handed back: %w", finishBy.Err())
-			select {
-			case <-stopped:
-			case <-ctx.Done():
-				// Say, the file held by another process's write: what this
-				// process still holds stays locked until its locks expire.
-				return fmt.Errorf("the shutdown grace period ended before the work still running could be handed back; it runs again once its lock expires (%s): %w", cfg.LockTimeout, ctx.Err())
-			}
+		handedBack, late := drain(ctx, stopped, stopWork)
+		if late {
+			// Say, the file held by another process's write: what this
+			// process still holds stays locked until its locks expire.
+			return fmt.Errorf("the shutdown grace period ended before the work still running could be handed back; it runs again once its lock expires (%s): %w", cfg.LockTimeout, ctx.Err())
 		}
 		type result struct {
 			checkpointed bool

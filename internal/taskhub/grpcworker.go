@@ -122,8 +122,8 @@ func (w *grpcWorker) start() {
 	}()
 }
 
-// stop stops taking work, lets the items in flight finish until ctx ends
-// while their stream stays open, hands back what is left, then closes the
+// stop stops taking work, lets the items in flight finish while their
+// stream stays open (see drain), hands back what is left, then closes the
 // stream.
 func (w *grpcWorker) stop(ctx context.Context) error {
 	w.mu.Lock()
@@ -135,18 +135,8 @@ func (w *grpcWorker) stop(ctx context.Context) error {
 		w.inflight.Wait()
 		close(finished)
 	}()
-	var err error
-	select {
-	case <-finished:
-	case <-ctx.Done():
-		// Cancel the activities still running; each is handed back.
-		w.stopWork()
-		select {
-		case <-finished:
-		case <-time.After(time.Second): // closing the stream hands back the rest
-		}
-		err = fmt.Errorf("work still running when the shutdown grace period ended was handed back: %w", ctx.Err())
-	}
+	// Past the deadline, closing the stream hands back the rest.
+	err, _ := drain(ctx, finished, w.stopWork)
 	w.stopLeases()
 	w.stopWork()
 	<-w.done
@@ -416,29 +406,42 @@ func withToken(res proto.Message, field protowire.Number, token string) {
 // again): that is dropped, not retried. Other transient failures are retried
 // a few times, then the item is handed back.
 func (w *grpcWorker) complete(kind workKind, rpc string, res proto.Message, token string, log zerolog.Logger) {
+	err := w.invokeRetrying(rpc, res, newMessage("CompleteTaskResponse"), completionAttempts, func(err error, attempt int) {
+		log.Debug().Err(err).Int("attempt", attempt).Msg("completing the work item failed; retrying")
+	})
+	switch {
+	case err == nil:
+		return
+	case w.leases.Err() != nil:
+		log.Debug().Err(err).Msg("worker stopped before the result was sent; the closed stream handed the item back")
+		return
+	case status.Code(err) == codes.NotFound:
+		log.Info().Str("work", string(kind)).Msg("the scheduler no longer holds this work item (its stream ended); it is delivered again, so this result is dropped")
+		return
+	}
+	log.Warn().Err(err).Str("work", string(kind)).Msg("completing the work item failed; handing it back")
+	w.abandon(kind, token)
+}
+
+// invokeRetrying makes the call rpc, within completionTimeout, again after
+// a transient failure (first completionBackoff later, then twice as long
+// each time), up to attempts calls in all, and not once the worker has
+// stopped. retrying, if given, hears of each failure that is retried. It
+// returns the last call's error.
+func (w *grpcWorker) invokeRetrying(rpc string, req, res proto.Message, attempts int, retrying func(err error, attempt int)) error {
 	delay := completionBackoff
 	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(w.leases, completionTimeout)
-		err := w.conn.Invoke(ctx, rpc, res, newMessage("CompleteTaskResponse"))
+		err := w.conn.Invoke(ctx, rpc, req, res)
 		cancel()
-		switch {
-		case err == nil:
-			return
-		case w.leases.Err() != nil:
-			log.Debug().Err(err).Msg("worker stopped before the result was sent; the closed stream handed the item back")
-			return
-		case status.Code(err) == codes.NotFound:
-			log.Info().Str("work", string(kind)).Msg("the scheduler no longer holds this work item (its stream ended); it is delivered again, so this result is dropped")
-			return
-		case transient(err) && attempt < completionAttempts:
-			log.Debug().Err(err).Int("attempt", attempt).Msg("completing the work item failed; retrying")
-			sleep(w.leases, delay)
-			delay *= 2
-			continue
+		if err == nil || w.leases.Err() != nil || !transient(err) || attempt >= attempts {
+			return err
 		}
-		log.Warn().Err(err).Str("work", string(kind)).Msg("completing the work item failed; handing it back")
-		w.abandon(kind, token)
-		return
+		if retrying != nil {
+			retrying(err, attempt)
+		}
+		sleep(w.leases, delay)
+		delay *= 2
 	}
 }
 
@@ -462,33 +465,23 @@ func (w *grpcWorker) abandon(kind workKind, token string) {
 	if token == "" || w.noAbandon.Load() {
 		return
 	}
-	delay := completionBackoff
-	for attempt := 1; ; attempt++ {
-		ctx, cancel := context.WithTimeout(w.leases, completionTimeout)
-		err := w.conn.Invoke(ctx, abandonMethods[kind], abandonRequest(token), &emptypb.Empty{})
-		cancel()
-		switch {
-		case err == nil, status.Code(err) == codes.NotFound: // handed back, or no longer ours anyway
-			return
-		case w.leases.Err() != nil: // stopped: closing the stream handed it back
-			return
-		case status.Code(err) == codes.Unimplemented:
-			if !w.noAbandon.Swap(true) {
-				w.log.Info().Msg("the backend cannot take work items back; unfinished ones are delivered again when the work-item stream closes")
-			}
-			return
-		case transient(err) && attempt < abandonAttempts:
-			sleep(w.leases, delay)
-			delay *= 2
-			continue
-		}
-		w.log.Warn().Err(err).Str("work", string(kind)).Msg("handing a work item back failed; closing the work-item stream so the scheduler takes it back")
-		if w.intake.Err() == nil { // while stopping, the stream closes anyway
-			w.mu.Lock()
-			w.endSession(errAbandonFailed)
-			w.mu.Unlock()
+	err := w.invokeRetrying(abandonMethods[kind], abandonRequest(token), &emptypb.Empty{}, abandonAttempts, nil)
+	switch {
+	case err == nil, status.Code(err) == codes.NotFound: // handed back, or no longer ours anyway
+		return
+	case w.leases.Err() != nil: // stopped: closing the stream handed it back
+		return
+	case status.Code(err) == codes.Unimplemented:
+		if !w.noAbandon.Swap(true) {
+			w.log.Info().Msg("the backend cannot take work items back; unfinished ones are delivered again when the work-item stream closes")
 		}
 		return
+	}
+	w.log.Warn().Err(err).Str("work", string(kind)).Msg("handing a work item back failed; closing the work-item stream so the scheduler takes it back")
+	if w.intake.Err() == nil { // while stopping, the stream closes anyway
+		w.mu.Lock()
+		w.endSession(errAbandonFailed)
+		w.mu.Unlock()
 	}
 }
 
