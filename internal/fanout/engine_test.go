@@ -828,3 +828,23 @@ func TestSettingsMatchTheEngine(t *testing.T) {
 		}
 	}
 }
+
+// A plan that names no partition size, as any client may start, is split
+// by the engine's default, never by the worker's own setting: a replay on
+// a worker set otherwise must split it alike.
+func TestAPlanWithoutPartitionSizeIgnoresTheWorkersSetting(t *testing.T) {
+	h := openHub(t, scoreOf, func(o *fanout.Options) { o.PartitionSize = 5 })
+	if _, out := run(t, h, fanout.Plan{Count: 12}); out.Items != 12 || out.Partitions != 0 {
+		t.Errorf("output: %+v, want 12 items in one orchestration (the default partition size)", out)
+	}
+	started, err := h.client.Start(context.Background(), "tally", fanout.Request{Count: 12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := waitFor(t, h, api.InstanceID(started.ID), complete)
+	var out output
+	json.Unmarshal([]byte(md.SerializedOutput), &out)
+	if out.Items != 12 || out.Partitions != 3 {
+		t.Errorf("a start through the client: %+v, want its plan to carry the setting, 5: 3 partitions", out)
+	}
+}

@@ -125,9 +125,11 @@ func (f *runner[I, R, S]) orchestrate(ctx *task.OrchestrationContext) (any, erro
 		return nil, err
 	}
 	n := work.len()
+	// Not this worker's setting: every replay, on any worker, must split
+	// the items alike. Start always writes the size into the plan.
 	size := plan.PartitionSize
 	if size <= 0 {
-		size = f.opts.PartitionSize
+		size = DefaultPartitionSize
 	}
 	partitions := (n + size - 1) / size
 	if !ctx.IsReplaying {
