@@ -600,6 +600,43 @@ func TestActivityAbandonAndHistoryStreaming(t *testing.T) {
 	}
 }
 
+// A completion the server accepted reaches the sidecar even when the worker
+// is gone before it is passed on (killed, say): its lease is retired, so
+// nothing would ever deliver the item again.
+func TestAcceptedCompletionOutlivesItsWorker(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{})
+	ctx := testCtx(t)
+	cs := e.openStream(ctx, 1, 1)
+	if err := e.startInstance(ctx, "inst-gone", `"in"`); err != nil {
+		t.Fatal(err)
+	}
+	wi := recvWork(t, cs)
+	schedule := `{"instanceId":"inst-gone","actions":[{"id":0,"scheduleTask":{"name":"act","input":"\"a\""}}]}`
+	if err := e.completeOrch(ctx, schedule, WorkItemToken(wi)); err != nil {
+		t.Fatal(err)
+	}
+	act := recvWork(t, cs)
+	req := fromJSON(t, "ActivityResponse", `{"instanceId":"inst-gone","taskId":0,"result":"\"r\""}`)
+	AppendUnknownString(req, FieldActRespCompletionToken, WorkItemToken(act))
+	gone, cancel := context.WithCancel(ctx)
+	cancel() // the worker's call ended as the server read it
+	if _, err := e.srv.completeActivity(gone, req); err != nil {
+		t.Fatalf("accepted completion of a worker that went away: %v", err)
+	}
+	// The orchestrator's next turn comes only if the sidecar has the result.
+	wi = recvWork(t, cs)
+	if orchInstance(wi) != "inst-gone" {
+		t.Fatalf("next work item: %v", wi)
+	}
+	if err := e.completeOrch(ctx, completeOrchestrationJSON("inst-gone", `"done"`), WorkItemToken(wi)); err != nil {
+		t.Fatal(err)
+	}
+	if st := getInstance(t, clientCtx(ctx), e.conn, "WaitForInstanceCompletion", "inst-gone"); st.OrchestrationState.Output != `"done"` {
+		t.Errorf("instance: %+v", st)
+	}
+}
+
 // DropFirstStreamAfter ends the first stream with Unavailable; its item is redelivered.
 func TestDropFirstStream(t *testing.T) {
 	t.Parallel()

@@ -45,6 +45,9 @@ const (
 	// AbandonRedeliveryDelay is how long an abandoned work item waits before it is dispatched again.
 	AbandonRedeliveryDelay = 100 * time.Millisecond
 
+	// completionForwardTimeout bounds passing an accepted completion upstream.
+	completionForwardTimeout = 30 * time.Second
+
 	grpcRecvLimit = 64 * 1024 * 1024
 	servicePrefix = "/TaskHubSidecarService/"
 )
@@ -744,7 +747,13 @@ func (s *Server) completeEntity(ctx context.Context, req proto.Message) (proto.M
 	return s.forwardCompletion(ctx, name, req, "entity")
 }
 
+// forwardCompletion passes an accepted completion to the sidecar. Like a
+// scheduler, it commits what it accepted even if the worker goes away before
+// hearing the answer: the lease is retired, so nothing would deliver the item
+// again.
 func (s *Server) forwardCompletion(ctx context.Context, name string, req proto.Message, what string) (proto.Message, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), completionForwardTimeout)
+	defer cancel()
 	resp, err := s.forward(ctx, name, req, "CompleteTaskResponse")
 	if err != nil {
 		s.mu.Lock()

@@ -18,6 +18,7 @@ import (
 
 	"fanoutfanin/internal/dtstest"
 	"fanoutfanin/internal/hubfile"
+	"fanoutfanin/internal/tailbuf"
 )
 
 // lifecycleBackends are backends, and the scheduler path through the strict
@@ -29,7 +30,13 @@ var lifecycleBackends = append(slices.Clip(backends), struct {
 	settings func(t *testing.T, root string, extra ...string) map[string]string
 }{"conformance", func(t *testing.T, root string, extra ...string) map[string]string {
 	upstream, _ := dtstest.StartSidecar(t, 0, filepath.Join(root, "sidecar.sqlite"))
-	srv, err := dtstest.Start(dtstest.Options{Upstream: upstream, TaskHub: "default", PingInterval: 100 * time.Millisecond})
+	// The server's log (every dispatch, completion and stream) is shown
+	// only when the test fails: its end explains a lost item.
+	log := &tailbuf.Buffer{Max: 256 << 10}
+	srv, err := dtstest.Start(dtstest.Options{Upstream: upstream, TaskHub: "default", PingInterval: 100 * time.Millisecond,
+		Logf: func(format string, args ...any) {
+			fmt.Fprintf(log, time.Now().Format("15:04:05.000 ")+format+"\n", args...)
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,6 +45,9 @@ var lifecycleBackends = append(slices.Clip(backends), struct {
 			t.Errorf("protocol violation: %s", v)
 		}
 		srv.Close()
+		if t.Failed() {
+			t.Logf("conformance server log (its end):\n%s", log.String())
+		}
 	})
 	return onScheduler(t, srv.Addr(), extra...)
 }})
