@@ -10,10 +10,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gorilla/mux"
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/rs/zerolog"
 
+	"fanoutfanin/internal/customhandler"
 	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/httpjson"
 	"fanoutfanin/internal/taskhub"
@@ -183,7 +183,7 @@ func Status(c *fanout.Client, s Settings) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// A browser gets a page here, any other client JSON.
 		w.Header().Add("Vary", "Accept")
-		vars := mux.Vars(r)
+		vars := customhandler.RouteValues(r)
 		id, action := vars["instanceId"], strings.ToLower(vars["action"])
 		if r.Method == http.MethodGet && action == "" && wantsHTML(r) {
 			servePage(w, r, id)

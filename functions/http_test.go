@@ -20,8 +20,8 @@ import (
 	"fanoutfanin/internal/app"
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/fanout"
-	"fanoutfanin/internal/hubfile"
 	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/taskhub/hubtest"
 )
 
 // server is the whole app in this process, on the repository's own host.json
@@ -64,7 +64,7 @@ func newServer(t *testing.T, settings map[string]string) *server {
 // instances counts the orchestration instances in the hub's file.
 func (s *server) instances(t *testing.T) int {
 	t.Helper()
-	n, err := hubfile.Instances(s.cfg.TaskHub.EmbeddedFile)
+	n, err := hubtest.Instances(s.cfg.TaskHub.EmbeddedFile)
 	if err != nil {
 		t.Fatal(err)
 	}

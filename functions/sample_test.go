@@ -25,6 +25,7 @@ import (
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/taskhub/hubtest"
 )
 
 // openSample runs the sample, with settings s, on the real engine and an
@@ -36,44 +37,14 @@ func openSample(t *testing.T, s functions.SampleSettings, bounds taskhub.Bounds)
 	if err := fanout.Register(e, functions.Sample(s)); err != nil {
 		t.Fatal(err)
 	}
-	cfg := config.TaskHub{
-		Name:                        "test",
-		EmbeddedFile:                filepath.Join(t.TempDir(), "test.sqlite"),
-		LockTimeout:                 30 * time.Second,
-		MaxConcurrentActivities:     8,
-		MaxConcurrentOrchestrations: 4,
-	}
-	hub, err := taskhub.Open(context.Background(), cfg, e.Registry(), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := hub.Close(ctx); err != nil {
-			t.Error(err)
-		}
-	})
+	hub := hubtest.Open(t, hubtest.Config(filepath.Join(t.TempDir(), "test.sqlite")), e.Registry())
 	return hub.Client, e.Client(hub.Client, bounds)
 }
 
 // waitFor polls the instance until it has finished, failing after 2 minutes.
 func waitFor(t *testing.T, c taskhub.Client, id string) *api.OrchestrationMetadata {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		md, err := c.FetchOrchestrationMetadata(context.Background(), api.InstanceID(id))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if md.IsComplete() {
-			return md
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("instance %s: gave up waiting; last status %v, custom status %s", id, md.RuntimeStatus, md.SerializedCustomStatus)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return hubtest.Wait(t, c, api.InstanceID(id), 2*time.Minute, nil)
 }
 
 // output is the sample's output: the seeds' summary and the engine's record.

@@ -1,5 +1,6 @@
-// Package app assembles the handler from its configuration: task hub,
-// functions and host protocol, served over HTTP.
+// Package app assembles the handler from its configuration: the fan-out
+// engine, the task hub (openHub is the one place the backend is chosen),
+// the functions and the host protocol, served over HTTP.
 package app
 
 import (
@@ -14,6 +15,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
 
 	"fanoutfanin/functions"
@@ -22,6 +24,8 @@ import (
 	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/logging"
 	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/taskhub/embedded"
+	"fanoutfanin/internal/taskhub/scheduler"
 )
 
 // ErrStoppedAtOnce is Run's error when a second signal cut the graceful stop
@@ -124,6 +128,16 @@ type App struct {
 // Close stops the task hub's worker.
 func (a *App) Close(ctx context.Context) error { return a.hub.Close(ctx) }
 
+// openHub is the one place that chooses the backend: the embedded hub when
+// no scheduler is configured, else the scheduler's. Either runs the
+// orchestrators and activities in registry.
+func openHub(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger) (*taskhub.Hub, error) {
+	if cfg.Embedded() {
+		return embedded.Open(ctx, cfg, registry, log)
+	}
+	return scheduler.Open(cfg, registry, log)
+}
+
 // Open reads the function definitions, registers the fan-outs, opens the
 // task hub and builds the router. log writes to logOut.
 func Open(ctx context.Context, cfg config.Config, fanouts []functions.Registration, log zerolog.Logger, logOut io.Writer) (*App, error) {
@@ -143,7 +157,7 @@ func Open(ctx context.Context, cfg config.Config, fanouts []functions.Registrati
 	if err := functions.Register(engine, fanouts); err != nil {
 		return nil, err
 	}
-	hub, err := taskhub.Open(ctx, cfg.TaskHub, engine.Registry(), log)
+	hub, err := openHub(ctx, cfg.TaskHub, engine.Registry(), log)
 	if err != nil {
 		return nil, err
 	}

@@ -136,7 +136,7 @@ func readInvocation(r *http.Request, fn Function, opts Options) (*http.Request, 
 	}
 	req.Header = header
 	req.RemoteAddr = r.RemoteAddr
-	return mux.SetURLVars(req, d.Params), nil
+	return mux.SetURLVars(req, d.Params), nil // read by RouteValues
 }
 
 // rawBody returns the request body an invocation carries. The host sends it

@@ -15,12 +15,18 @@ import (
 )
 
 // Handler is the code behind one function; RouteParams are the parameters
-// it reads, which its function.json route must declare.
+// it reads, through RouteValues, which its function.json route must declare.
 type Handler struct {
 	Name        string
 	RouteParams []string
 	Handler     http.Handler
 }
+
+// RouteValues are the route parameters of the request a Handler serves
+// (instanceId in status/{instanceId?}, say), in either host mode: the router
+// matched them in forwarding mode; the host sent them as the invocation's
+// Params in payload mode.
+func RouteValues(r *http.Request) map[string]string { return mux.Vars(r) }
 
 // Options configure the router.
 type Options struct {

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"fanoutfanin/internal/hubfile"
+	"fanoutfanin/internal/taskhub/hubtest"
 )
 
 func TestForwardingMode(t *testing.T) {
@@ -98,7 +98,7 @@ func TestSIGTERMLeavesNothingLocked(t *testing.T) {
 		t.Fatalf("exit after SIGTERM: %v", err)
 	}
 
-	lockedTasks, lockedInstances, err := hubfile.Locked(filepath.Join(root, "data", "default.sqlite"))
+	lockedTasks, lockedInstances, err := hubtest.Locked(filepath.Join(root, "data", "default.sqlite"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -326,11 +326,11 @@ func TestKill9MidFanOutResumes(t *testing.T) {
 // recorded: a TaskCompleted event in the instance's history or inbox.
 func completedItems(t *testing.T, file, id string) map[string]bool {
 	t.Helper()
-	history, err := hubfile.History(file, id)
+	history, err := hubtest.History(file, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pending, err := hubfile.Pending(file, id)
+	pending, err := hubtest.Pending(file, id)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"fanoutfanin/internal/hubfile"
+	"fanoutfanin/internal/taskhub/hubtest"
 )
 
 // The host routes a request to a function whatever the case of its path,
@@ -169,7 +169,7 @@ func TestPayloadModeBodyOverTheLimit(t *testing.T) {
 	if err := p.waitExit(t, 15*time.Second); err != nil {
 		t.Errorf("exit after SIGTERM: %v", err)
 	}
-	n, err := hubfile.Instances(filepath.Join(root, "data", "default.sqlite"))
+	n, err := hubtest.Instances(filepath.Join(root, "data", "default.sqlite"))
 	if err != nil {
 		t.Fatal(err)
 	}

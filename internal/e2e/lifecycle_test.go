@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"fanoutfanin/internal/dtstest"
-	"fanoutfanin/internal/hubfile"
 	"fanoutfanin/internal/tailbuf"
+	"fanoutfanin/internal/taskhub/hubtest"
 )
 
 // lifecycleBackends are backends, and the scheduler path through the strict
@@ -73,7 +73,7 @@ func hubFile(root string, settings map[string]string) string {
 // left in the hub file.
 func checkNoRows(t *testing.T, file, id string) {
 	t.Helper()
-	rows, err := hubfile.Rows(file, id)
+	rows, err := hubtest.Rows(file, id)
 	if err != nil {
 		t.Fatal(err)
 	}

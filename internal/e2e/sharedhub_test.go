@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"fanoutfanin/internal/hubfile"
+	"fanoutfanin/internal/taskhub/hubtest"
 )
 
 // Handler processes started at the same moment on one hub file all come up
@@ -90,7 +90,7 @@ func TestManyHandlersStartTogetherOnOneHubFile(t *testing.T) {
 		t.Errorf("total_value: got %v, want %v, the sum of the values the handlers logged", got, total)
 	}
 	recorded := map[int32]int{}
-	history, err := hubfile.History(filepath.Join(root, "data", "default.sqlite"), id)
+	history, err := hubtest.History(filepath.Join(root, "data", "default.sqlite"), id)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"fanoutfanin/internal/hubfile"
+	"fanoutfanin/internal/taskhub/hubtest"
 )
 
 // slowWork are settings for items that outlast any grace period here, on the
@@ -79,7 +79,7 @@ func TestSIGTERMStopsWithinOneGracePeriod(t *testing.T) {
 	}
 
 	file := filepath.Join(root, "data", "default.sqlite")
-	if tasks, instances, err := hubfile.Locked(file); err != nil || tasks != 0 || instances != 0 {
+	if tasks, instances, err := hubtest.Locked(file); err != nil || tasks != 0 || instances != 0 {
 		t.Errorf("after SIGTERM: %d work items and %d instances locked (%v), want none: the work was not handed back", tasks, instances, err)
 	}
 	again := startHandler(t, root, embedded(t, root, "FANOUT_EMBEDDED_LOCK_TIMEOUT", "10m"))

@@ -12,7 +12,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/microsoft/durabletask-go/task"
-	"github.com/rs/zerolog"
+
+	"fanoutfanin/internal/taskhub"
 )
 
 // readWork reads the work activity's input in any form a version has sent:
@@ -96,7 +97,7 @@ func (f *runner[I, R, S]) work(actx task.ActivityContext) (any, error) {
 	if err := json.Unmarshal(in.Item, &item.Value); err != nil {
 		return nil, fmt.Errorf("reading work item %d: %w", index, err)
 	}
-	item.Log = zerolog.Ctx(actx.Context()).With().Int("index", index).Logger()
+	item.Log = taskhub.ActivityLog(actx.Context()).With().Int("index", index).Logger()
 
 	ctx, cancel := context.WithTimeout(actx.Context(), f.opts.ItemTimeout)
 	defer cancel()
@@ -164,7 +165,7 @@ func (f *runner[I, R, S]) aggregate(actx task.ActivityContext) (any, error) {
 	if len(out) > budget {
 		return nil, fmt.Errorf("the summary is %d bytes, over the %d one payload may carry: give the fan-out's Aggregate a Trim that makes it smaller", len(out), budget)
 	}
-	zerolog.Ctx(actx.Context()).Info().Int("results", len(in.Results)).Int("summaries", len(in.Partials)).Msg("aggregated results")
+	taskhub.ActivityLog(actx.Context()).Info().Int("results", len(in.Results)).Int("summaries", len(in.Partials)).Msg("aggregated results")
 	return json.RawMessage(out), nil
 }
 

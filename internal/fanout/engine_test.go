@@ -20,8 +20,8 @@ import (
 
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/fanout"
-	"fanoutfanin/internal/hubfile"
 	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/taskhub/hubtest"
 )
 
 // The engine's tests run their own fan-out, "tally": each item is a word,
@@ -126,24 +126,7 @@ func openHub(t testing.TB, w fanout.Work[string, score], opts ...func(*fanout.Op
 func openEngine(t testing.TB, e *fanout.Engine, bounds ...taskhub.Bounds) *hub {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "test.sqlite")
-	cfg := config.TaskHub{
-		Name:                        "test",
-		EmbeddedFile:                file,
-		LockTimeout:                 30 * time.Second,
-		MaxConcurrentActivities:     8,
-		MaxConcurrentOrchestrations: 4,
-	}
-	h, err := taskhub.Open(context.Background(), cfg, e.Registry(), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := h.Close(ctx); err != nil {
-			t.Error(err)
-		}
-	})
+	h := hubtest.Open(t, hubtest.Config(file), e.Registry())
 	b := h.Bounds
 	if len(bounds) > 0 {
 		b = bounds[0]
@@ -154,20 +137,7 @@ func openEngine(t testing.TB, e *fanout.Engine, bounds ...taskhub.Bounds) *hub {
 // waitFor polls the instance until done says so, failing after 2 minutes.
 func waitFor(t testing.TB, c taskhub.Client, id api.InstanceID, done func(*api.OrchestrationMetadata) bool) *api.OrchestrationMetadata {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		md, err := c.FetchOrchestrationMetadata(context.Background(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if done(md) {
-			return md
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("instance %s: gave up waiting; last status %v, custom status %s", id, md.RuntimeStatus, md.SerializedCustomStatus)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return hubtest.Wait(t, c, id, 2*time.Minute, done)
 }
 
 func complete(md *api.OrchestrationMetadata) bool { return md.IsComplete() }
@@ -491,7 +461,7 @@ func TestSummariesAndAggregationsStayWithinTheBound(t *testing.T) {
 	if out.Items != 40 || out.Score != 40*203 || !out.WordsOmitted {
 		t.Errorf("output: %+v, want 40 items scored, the words trimmed", out)
 	}
-	history, err := hubfile.History(h.file, string(id))
+	history, err := hubtest.History(h.file, string(id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -691,7 +661,7 @@ func TestStartRefusesBadRequests(t *testing.T) {
 	if _, err := h.client.Start(context.Background(), "nope", fanout.Request{Items: json.RawMessage(`["a"]`)}); err == nil {
 		t.Error("a start of an unknown fan-out was taken")
 	}
-	if n, err := hubfile.Instances(h.file); err != nil || n != 0 {
+	if n, err := hubtest.Instances(h.file); err != nil || n != 0 {
 		t.Errorf("refused starts scheduled %d instances (%v)", n, err)
 	}
 }
@@ -741,7 +711,7 @@ func TestReplayIsDeterministic(t *testing.T) {
 // CheckReplay replays instance id's recorded history step by step.
 func CheckReplay(t *testing.T, r *task.TaskRegistry, file string, id api.InstanceID) {
 	t.Helper()
-	history, err := hubfile.History(file, string(id))
+	history, err := hubtest.History(file, string(id))
 	if err != nil || len(history) == 0 {
 		t.Fatalf("history of %s: %d events (%v)", id, len(history), err)
 	}

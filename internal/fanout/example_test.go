@@ -16,7 +16,7 @@ import (
 
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/fanout"
-	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/taskhub/embedded"
 )
 
 // A fan-out of your own: check a list of pages. Each item is an object
@@ -117,7 +117,7 @@ func ExampleRegister() {
 	// The app opens the task hub the same way, from its configuration.
 	dir, _ := os.MkdirTemp("", "example")
 	defer os.RemoveAll(dir)
-	hub, err := taskhub.Open(context.Background(), config.TaskHub{Name: "example", EmbeddedFile: filepath.Join(dir, "hub.sqlite"),
+	hub, err := embedded.Open(context.Background(), config.TaskHub{Name: "example", EmbeddedFile: filepath.Join(dir, "hub.sqlite"),
 		LockTimeout: 30 * time.Second, MaxConcurrentActivities: 8, MaxConcurrentOrchestrations: 4}, engine.Registry(), zerolog.Nop())
 	if err != nil {
 		fmt.Println(err)

@@ -13,13 +13,13 @@ import (
 // process's write.
 const handBackTime = time.Second
 
-// drain is how both backends stop their work: the work in flight may
+// Drain is how both backends stop their work: the work in flight may
 // finish until shortly before ctx's deadline (handBackTime before it, or a
 // quarter of the time left if that is less); then cancel stops what still
-// runs, whose workers hand it back, and drain waits for them until ctx
+// runs, whose workers hand it back, and Drain waits for them until ctx
 // ends. stopped closes once no work is left. handedBack says, as an error,
 // that work was handed back; late, that ctx ended before the work did.
-func drain(ctx context.Context, stopped <-chan struct{}, cancel func()) (handedBack error, late bool) {
+func Drain(ctx context.Context, stopped <-chan struct{}, cancel func()) (handedBack error, late bool) {
 	finishBy, stop := context.WithCancel(ctx)
 	if deadline, ok := ctx.Deadline(); ok {
 		finishBy, stop = context.WithDeadline(ctx, deadline.Add(-min(handBackTime, time.Until(deadline)/4)))
@@ -37,5 +37,16 @@ func drain(ctx context.Context, stopped <-chan struct{}, cancel func()) (handedB
 		return handedBack, false
 	case <-ctx.Done():
 		return handedBack, true
+	}
+}
+
+// Sleep waits for d, or until ctx ends: how both backends wait between
+// tries.
+func Sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
 	}
 }

@@ -8,19 +8,32 @@ import (
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/microsoft/durabletask-go/backend"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-// hubExecutor runs the app's orchestrators and activities for either
-// backend. Activities run under the hub's work context, which is cancelled
-// only when the shutdown grace period ends, not when the item's fetching
-// stops; and with a logger in their context that carries the orchestration's
-// instance id, which activities are not told otherwise.
-type hubExecutor struct {
+// Executor runs the app's orchestrators and activities for either backend,
+// wrapping durabletask-go's. Activities run under the hub's work context,
+// which is cancelled only when the shutdown grace period ends, not when the
+// item's fetching stops; and with a logger in their context (ActivityLog)
+// that carries the orchestration's instance id, which activities are not
+// told otherwise.
+type Executor struct {
 	backend.Executor
 	log  zerolog.Logger
 	work context.Context
 }
+
+// NewExecutor wraps exec for a hub whose work context is work.
+func NewExecutor(exec backend.Executor, log zerolog.Logger, work context.Context) Executor {
+	return Executor{Executor: exec, log: log, work: work}
+}
+
+// ActivityLog is the logger an activity run by an Executor has in its
+// context: it names the instance and the activity. Elsewhere it is
+// zerolog's disabled logger, or the context's own.
+func ActivityLog(ctx context.Context) *zerolog.Logger { return zerolog.Ctx(ctx) }
 
 // ExecuteOrchestrator turns a panic that escapes the orchestrator into an
 // error, which hands the work item back instead of stopping the process;
@@ -29,7 +42,7 @@ type hubExecutor struct {
 // sends no action until a resume that never comes, so an instance
 // terminated while suspended, or suspended after a terminate was accepted,
 // stayed Running for ever.
-func (x hubExecutor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, old, new []*backend.HistoryEvent) (res *backend.ExecutionResults, err error) {
+func (x Executor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, old, new []*backend.HistoryEvent) (res *backend.ExecutionResults, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			res, err = nil, fmt.Errorf("orchestrator panicked: %v", p)
@@ -39,7 +52,7 @@ func (x hubExecutor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID,
 	res, err = x.Executor.ExecuteOrchestrator(ctx, id, old, new)
 	if err == nil {
 		if output, ok := terminatedWith(old, new); ok {
-			endOrchestration(res.Response, api.RUNTIME_STATUS_TERMINATED, output, nil)
+			EndOrchestration(res.Response, api.RUNTIME_STATUS_TERMINATED, output, nil)
 		}
 	}
 	return res, err
@@ -100,7 +113,7 @@ func terminatedWith(old, new []*backend.HistoryEvent) (*wrapperspb.StringValue, 
 	return nil, false
 }
 
-func (x hubExecutor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) (*backend.HistoryEvent, error) {
+func (x Executor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) (*backend.HistoryEvent, error) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	stop := context.AfterFunc(x.work, cancel)
@@ -128,4 +141,35 @@ func (x hubExecutor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *
 	// Stopped by shutdown: an error, so the item is handed back rather than
 	// its cancellation recorded as the item's failure.
 	return nil, fmt.Errorf("activity stopped by shutdown: %w", ctx.Err())
+}
+
+// EndOrchestration replaces an orchestrator response's actions with one that
+// ends the orchestration in status, with result or failure: what the
+// Executor does to a terminated instance, and what a backend does to a step
+// it cannot send. v0.6.0's response type is internal to durabletask-go, so
+// it is reached through reflection.
+func EndOrchestration(res proto.Message, status api.OrchestrationStatus, result *wrapperspb.StringValue, failure *backend.TaskFailureDetails) {
+	m := res.ProtoReflect()
+	field := func(m protoreflect.Message, name protoreflect.Name) protoreflect.FieldDescriptor {
+		return m.Descriptor().Fields().ByName(name)
+	}
+	actions := m.Mutable(field(m, "actions")).List()
+	id := int64(0)
+	for i := range actions.Len() {
+		a := actions.Get(i).Message()
+		id = max(id, a.Get(field(a, "id")).Int()+1)
+	}
+	actions.Truncate(0)
+	action := actions.NewElement()
+	a := action.Message()
+	a.Set(field(a, "id"), protoreflect.ValueOfInt32(int32(id)))
+	end := a.Mutable(field(a, "completeOrchestration")).Message()
+	end.Set(field(end, "orchestrationStatus"), protoreflect.ValueOfEnum(protoreflect.EnumNumber(status)))
+	if result != nil {
+		end.Set(field(end, "result"), protoreflect.ValueOfMessage(result.ProtoReflect()))
+	}
+	if failure != nil {
+		end.Set(field(end, "failureDetails"), protoreflect.ValueOfMessage(failure.ProtoReflect()))
+	}
+	actions.Append(action)
 }

@@ -1,21 +1,21 @@
-// Package taskhub connects the app to the durable task hub it runs on. Open is
-// the one place that chooses the backend: it returns the client the HTTP
-// functions use and starts the worker that runs orchestrators and activities.
+// Package taskhub is what the app needs of the durable task hub it runs on,
+// whichever backend serves it: the Client the HTTP functions and the fan-out
+// engine call, the Hub a backend opens, and the pieces both backends share
+// to run work (Executor, Drain). The backends are its subpackages: embedded
+// (durabletask-go's SQLite backend in a file) and scheduler (the Durable
+// Task Scheduler, or any durabletask gRPC backend). The app chooses one in
+// one place (internal/app).
 package taskhub
 
 import (
 	"context"
 
 	"github.com/microsoft/durabletask-go/api"
-	"github.com/microsoft/durabletask-go/task"
-	"github.com/rs/zerolog"
-
-	"fanoutfanin/internal/config"
 )
 
 // Client is what the HTTP functions need of a task hub, whichever backend
 // serves it. Its methods are those of durabletask-go's gRPC client, but for
-// PurgeInstance.
+// PurgeInstance and ListInstances.
 type Client interface {
 	ScheduleNewOrchestration(ctx context.Context, orchestrator string, opts ...api.NewOrchestrationOptions) (api.InstanceID, error)
 	FetchOrchestrationMetadata(ctx context.Context, id api.InstanceID, opts ...api.FetchOrchestrationMetadataOptions) (*api.OrchestrationMetadata, error)
@@ -42,6 +42,12 @@ type Hub struct {
 	close  func(context.Context) error
 }
 
+// NewHub is how a backend returns the hub it opened: close stops its worker
+// as Close says.
+func NewHub(c Client, b Bounds, close func(context.Context) error) *Hub {
+	return &Hub{Client: c, Bounds: b, close: close}
+}
+
 // Bounds are what the backend accepts in one payload (an orchestration's
 // input, an event's data, …) and in one orchestrator step; 0 means no
 // bound.
@@ -52,13 +58,3 @@ type Bounds struct {
 // Close stops taking new work and waits, until ctx ends, for work in flight.
 // Work that does not finish is left to be picked up again.
 func (h *Hub) Close(ctx context.Context) error { return h.close(ctx) }
-
-// Open opens the task hub cfg describes and starts a worker that runs the
-// orchestrators and activities in registry: the embedded hub when no
-// scheduler is configured, else the scheduler's.
-func Open(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger) (*Hub, error) {
-	if cfg.Embedded() {
-		return openEmbedded(ctx, cfg, registry, log)
-	}
-	return openScheduler(cfg, task.NewTaskExecutor(registry), log)
-}

@@ -1,4 +1,4 @@
-package taskhub_test
+package scheduler_test
 
 import (
 	"context"
@@ -14,15 +14,17 @@ import (
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/dtstest"
 	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/taskhub/hubtest"
+	"fanoutfanin/internal/taskhub/scheduler"
 )
 
 // openOnSidecar opens the task hub over gRPC on a fresh upstream sidecar.
 func openOnSidecar(t *testing.T, r *task.TaskRegistry) *taskhub.Hub {
 	t.Helper()
 	addr, _ := dtstest.StartSidecar(t, 0, filepath.Join(t.TempDir(), "sidecar.sqlite"))
-	cfg := hubConfig("")
+	cfg := hubtest.Config("")
 	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + addr, Host: "127.0.0.1", Address: addr, Auth: config.AuthNone}
-	hub, err := taskhub.Open(context.Background(), cfg, r, zerolog.Nop())
+	hub, err := scheduler.Open(cfg, r, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,11 +115,11 @@ func TestListingAsksForWhatOneMessageHolds(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	cfg := hubConfig("")
+	cfg := hubtest.Config("")
 	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + srv.Addr(), Host: "127.0.0.1", Address: srv.Addr(), Auth: config.AuthNone}
 	cfg.MaxPayloadBytes = 10 << 20
 	// No orchestrators registered: the instances stay pending.
-	hub, err := taskhub.Open(context.Background(), cfg, task.NewTaskRegistry(), zerolog.Nop())
+	hub, err := scheduler.Open(cfg, task.NewTaskRegistry(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

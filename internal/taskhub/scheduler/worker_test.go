@@ -1,4 +1,4 @@
-package taskhub
+package scheduler
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/dtstest"
+	"fanoutfanin/internal/taskhub"
 )
 
 // startWorker runs a worker against srv, with the given silent timeout,
@@ -25,7 +26,7 @@ func startWorker(t *testing.T, srv *dtstest.Server, silent time.Duration) {
 		t.Fatal(err)
 	}
 	work, stopWork := context.WithCancel(context.Background())
-	exec := hubExecutor{Executor: task.NewTaskExecutor(task.NewTaskRegistry()), log: zerolog.Nop(), work: work}
+	exec := taskhub.NewExecutor(task.NewTaskExecutor(task.NewTaskRegistry()), zerolog.Nop(), work)
 	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 2, MaxConcurrentActivities: 2, MaxPayloadBytes: config.DefaultMaxPayloadBytes, MaxStepBytes: config.DefaultMaxStepBytes})
 	w.silentTimeout = silent
 	w.reconnectBase = 10 * time.Millisecond
@@ -113,7 +114,7 @@ func TestWorkerHoldsItsActivityLimit(t *testing.T) {
 		return nil, nil
 	})
 	work, stopWork := context.WithCancel(context.Background())
-	exec := hubExecutor{Executor: task.NewTaskExecutor(r), log: zerolog.Nop(), work: work}
+	exec := taskhub.NewExecutor(task.NewTaskExecutor(r), zerolog.Nop(), work)
 	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 1, MaxConcurrentActivities: 2, MaxPayloadBytes: config.DefaultMaxPayloadBytes, MaxStepBytes: config.DefaultMaxStepBytes})
 	for i := range 10 {
 		w.dispatch(activityItem("instance", int32(i), "slow"), encodedHistory{})

@@ -1,4 +1,4 @@
-package taskhub
+package scheduler
 
 import (
 	"context"
@@ -21,6 +21,7 @@ import (
 
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/dtstest"
+	"fanoutfanin/internal/taskhub"
 )
 
 func TestFieldNumbersAreV060s(t *testing.T) {
@@ -248,7 +249,7 @@ func sidecarWorker(t *testing.T, addr string, r *task.TaskRegistry) *grpcWorker 
 		t.Fatal(err)
 	}
 	work, stopWork := context.WithCancel(context.Background())
-	exec := hubExecutor{Executor: task.NewTaskExecutor(r), log: zerolog.Nop(), work: work}
+	exec := taskhub.NewExecutor(task.NewTaskExecutor(r), zerolog.Nop(), work)
 	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 2, MaxConcurrentActivities: 2, MaxPayloadBytes: config.DefaultMaxPayloadBytes, MaxStepBytes: config.DefaultMaxStepBytes})
 	w.start()
 	t.Cleanup(func() {

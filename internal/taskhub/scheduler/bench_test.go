@@ -1,4 +1,4 @@
-package taskhub_test
+package scheduler_test
 
 import (
 	"context"
@@ -19,6 +19,8 @@ import (
 	"fanoutfanin/internal/dtstest"
 	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/taskhub/hubtest"
+	"fanoutfanin/internal/taskhub/scheduler"
 )
 
 var (
@@ -76,13 +78,13 @@ func usage(b *testing.B) syscall.Rusage {
 // with -benchtime=1x: each fan-out takes seconds. Flags of its own come
 // after -args:
 //
-//	go test ./internal/taskhub/ -run '^$' -bench SchedulerFanOut -benchtime=1x -cpuprofile cpu.out -args -fanout.items=2000
+//	go test ./internal/taskhub/scheduler/ -run '^$' -bench SchedulerFanOut -benchtime=1x -cpuprofile cpu.out -args -fanout.items=2000
 func BenchmarkSchedulerFanOut(b *testing.B) {
 	addr, _ := dtstest.StartSidecar(b, 0, filepath.Join(b.TempDir(), "sidecar.sqlite"))
-	cfg := hubConfig("")
+	cfg := hubtest.Config("")
 	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + addr, Host: "127.0.0.1", Address: addr, Auth: config.AuthNone}
 	var counts *countingExecutor
-	hub, err := taskhub.OpenSchedulerWith(cfg, registry(b), zerolog.Nop(), func(x backend.Executor) backend.Executor {
+	hub, err := scheduler.OpenWith(cfg, registry(b), zerolog.Nop(), func(x backend.Executor) backend.Executor {
 		counts = &countingExecutor{Executor: x, bytes: *benchBytes}
 		return counts
 	})

@@ -1,4 +1,10 @@
-package taskhub
+// Package embedded is the task hub that needs nothing installed:
+// durabletask-go's SQLite backend in a file, which several processes may
+// share. Its hot paths are our own (hubstore.go): work items taken in
+// batches under locks that belong to one item, renewed while they run, and
+// results written in batches; wake-ups (poll.go) replace most polling. The
+// library's backend does the rest: the schema, histories, the client calls.
+package embedded
 
 import (
 	"context"
@@ -19,6 +25,7 @@ import (
 
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/logging"
+	"fanoutfanin/internal/taskhub"
 )
 
 // embeddedDSN opens the SQLite file with a write-ahead log and normal sync:
@@ -34,13 +41,16 @@ func embeddedDSN(file string) string {
 	return "file:" + file + "?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 }
 
-func openEmbedded(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger) (*Hub, error) {
-	return openEmbeddedPolling(ctx, cfg, registry, log, polling{minPollInterval, maxPollInterval})
+// Open opens the embedded task hub in the file cfg names, creating it if
+// need be, and starts the workers that run the orchestrators and activities
+// in registry. Several processes may open the same file.
+func Open(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger) (*taskhub.Hub, error) {
+	return open(ctx, cfg, registry, log, polling{minPollInterval, maxPollInterval})
 }
 
-// openEmbeddedPolling opens the embedded hub, its workers looking for work no
-// wake-up announced as often as every says.
-func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger, every polling) (*Hub, error) {
+// open opens the embedded hub, its workers looking for work no wake-up
+// announced as often as every says.
+func open(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger, every polling) (*taskhub.Hub, error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.EmbeddedFile), 0o755); err != nil {
 		return nil, fmt.Errorf("creating the embedded task hub's folder (set %s to a writable folder, or configure the Durable Task Scheduler): %w", config.SettingEmbeddedDir, err)
 	}
@@ -70,7 +80,7 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
 	}
 
-	exec := hubExecutor{Executor: task.NewTaskExecutor(registry), log: log, work: workCtx}
+	exec := taskhub.NewExecutor(task.NewTaskExecutor(registry), log, workCtx)
 	orchestrations := backend.NewOrchestrationWorker(be, exec, dtLog, backend.WithMaxParallelism(int32(cfg.MaxConcurrentOrchestrations)))
 	activities := backend.NewActivityTaskWorker(be, exec, dtLog, backend.WithMaxParallelism(int32(cfg.MaxConcurrentActivities)))
 	pollCtx, stopPolling := context.WithCancel(context.WithoutCancel(ctx))
@@ -108,7 +118,7 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 			close(stopped)
 		}()
 		defer stopWork()
-		handedBack, late := drain(ctx, stopped, stopWork)
+		handedBack, late := taskhub.Drain(ctx, stopped, stopWork)
 		if late {
 			// Say, the file held by another process's write: what this
 			// process still holds stays locked until its locks expire.
@@ -136,7 +146,7 @@ func openEmbeddedPolling(ctx context.Context, cfg config.TaskHub, registry *task
 			return errors.Join(handedBack, fmt.Errorf("closing the hub file: %w", ctx.Err()))
 		}
 	}
-	return &Hub{Client: embeddedClient{c: backend.NewTaskHubClient(clientBackend{be}), be: be, lister: lister}, close: closeHub}, nil
+	return taskhub.NewHub(embeddedClient{c: backend.NewTaskHubClient(clientBackend{be}), be: be, lister: lister}, taskhub.Bounds{}, closeHub), nil
 }
 
 // createTaskHubShared is createTaskHub, tried again for up to

@@ -1,7 +1,7 @@
-// Package hubfile reads an embedded task hub's SQLite file directly, to
-// check from outside what the hub recorded (the tests use it after killing
-// or stopping the handler).
-package hubfile
+package hubtest
+
+// Reading an embedded hub's SQLite file directly, to check from outside what
+// the hub recorded (after killing or stopping the handler, say).
 
 import (
 	"database/sql"

@@ -1,4 +1,11 @@
-package taskhub
+// Package scheduler runs the app on the Durable Task Scheduler, or any
+// backend that speaks the durabletask gRPC protocol (the upstream sidecar):
+// a worker that keeps one work-item stream open and completes each item with
+// its token (worker.go), the connection and the app's identity (conn.go), a
+// cache that decodes each history event once (historycache.go), the client
+// calls (scheduler.go, list.go, manage.go), and access to v0.6.0's messages
+// without a second copy of their .proto (wire.go).
+package scheduler
 
 import (
 	"context"
@@ -10,6 +17,7 @@ import (
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/microsoft/durabletask-go/backend"
 	"github.com/microsoft/durabletask-go/client"
+	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -21,17 +29,24 @@ import (
 
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/logging"
+	"fanoutfanin/internal/taskhub"
 )
 
 // clientCallTimeout bounds each client call, so that an HTTP request finds
 // out quickly that the scheduler is not answering.
 const clientCallTimeout = 15 * time.Second
 
-// openScheduler connects to the Durable Task Scheduler, or any durabletask
-// gRPC backend, and starts a worker for it that runs exec. It does not wait
-// for the scheduler: the worker keeps trying until it answers, and client
-// calls made meanwhile fail with an UnavailableError.
-func openScheduler(cfg config.TaskHub, exec backend.Executor, log zerolog.Logger) (*Hub, error) {
+// Open connects to the Durable Task Scheduler, or any durabletask gRPC
+// backend, that cfg names and starts a worker for it that runs the
+// orchestrators and activities in registry. It does not wait for the
+// scheduler: the worker keeps trying until it answers, and client calls made
+// meanwhile fail with a taskhub.UnavailableError.
+func Open(cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger) (*taskhub.Hub, error) {
+	return open(cfg, task.NewTaskExecutor(registry), log)
+}
+
+// open is Open with the executor the worker wraps.
+func open(cfg config.TaskHub, exec backend.Executor, log zerolog.Logger) (*taskhub.Hub, error) {
 	s := cfg.Scheduler
 	cred, err := newCredential(s)
 	if err != nil {
@@ -54,7 +69,7 @@ func openScheduler(cfg config.TaskHub, exec backend.Executor, log zerolog.Logger
 	}
 
 	workCtx, stopWork := context.WithCancel(context.Background())
-	w := newGRPCWorker(workerConn, hubExecutor{Executor: exec, log: log, work: workCtx}, stopWork, log.With().Str("component", "worker").Logger(), cfg)
+	w := newGRPCWorker(workerConn, taskhub.NewExecutor(exec, log, workCtx), stopWork, log.With().Str("component", "worker").Logger(), cfg)
 	w.start()
 
 	log.Info().Str("backend", "scheduler").Str("taskHub", cfg.Name).Str("endpoint", s.Endpoint).Str("authentication", string(s.Auth)).
@@ -68,23 +83,8 @@ func openScheduler(cfg config.TaskHub, exec backend.Executor, log zerolog.Logger
 		err := w.stop(ctx)
 		return errors.Join(err, workerConn.Close(), clientConn.Close())
 	}
-	return &Hub{Client: c, Bounds: Bounds{MaxPayloadBytes: cfg.MaxPayloadBytes, MaxStepBytes: cfg.MaxStepBytes}, close: closeHub}, nil
+	return taskhub.NewHub(c, taskhub.Bounds{MaxPayloadBytes: cfg.MaxPayloadBytes, MaxStepBytes: cfg.MaxStepBytes}, closeHub), nil
 }
-
-// UnavailableError says the scheduler could not be used: it is down or
-// unreachable, or it refused this app's credentials or task hub. The request
-// itself was fine and may succeed later.
-type UnavailableError struct {
-	Endpoint string // the scheduler's host
-	Reason   string
-	Err      error
-}
-
-func (e *UnavailableError) Error() string {
-	return fmt.Sprintf("the Durable Task Scheduler at %s %s: %v", e.Endpoint, e.Reason, e.Err)
-}
-
-func (e *UnavailableError) Unwrap() error { return e.Err }
 
 // grpcClient is the client side of the gRPC backend.
 type grpcClient struct {
@@ -172,7 +172,7 @@ func (g grpcClient) unavailable(ctx context.Context, err error) error {
 	if reason == "" {
 		return err
 	}
-	return &UnavailableError{Endpoint: g.endpoint, Reason: reason, Err: err}
+	return &taskhub.UnavailableError{Endpoint: g.endpoint, Reason: reason, Err: err}
 }
 
 // unusableReason says why err means the scheduler cannot be used right now,

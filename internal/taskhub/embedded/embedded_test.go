@@ -1,4 +1,4 @@
-package taskhub_test
+package embedded_test
 
 import (
 	"context"
@@ -14,8 +14,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"fanoutfanin/functions"
-	"fanoutfanin/internal/hubfile"
 	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/taskhub/embedded"
+	"fanoutfanin/internal/taskhub/hubtest"
 )
 
 // Work this process creates runs at once: a start wakes the orchestration
@@ -24,7 +25,7 @@ import (
 // minute, a fan-out finishes in well under a second only through them.
 func TestWakeUpsRunNewWorkWithoutPolling(t *testing.T) {
 	ctx := context.Background()
-	hub, err := taskhub.OpenEmbeddedPolling(ctx, hubConfig(filepath.Join(t.TempDir(), "x.sqlite")), registry(t), zerolog.Nop(), time.Minute)
+	hub, err := embedded.OpenPolling(ctx, hubConfig(filepath.Join(t.TempDir(), "x.sqlite")), registry(t), zerolog.Nop(), time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +84,7 @@ func TestCloseReturnsByItsDeadlineWhenAnActivityIgnoresItsContext(t *testing.T) 
 	case <-time.After(10 * grace):
 		t.Fatalf("Close has not returned %s after its deadline of %s", 9*grace, grace)
 	}
-	if tasks, instances, err := hubfile.Locked(cfg.EmbeddedFile); err != nil || tasks != 0 || instances != 0 {
+	if tasks, instances, err := hubtest.Locked(cfg.EmbeddedFile); err != nil || tasks != 0 || instances != 0 {
 		t.Errorf("after Close: %d work items and %d instances locked (%v), want none", tasks, instances, err)
 	}
 
@@ -96,7 +97,7 @@ func TestCloseReturnsByItsDeadlineWhenAnActivityIgnoresItsContext(t *testing.T) 
 func TestListingPagesEndAtTheirSizeBound(t *testing.T) {
 	ctx := context.Background()
 	// No orchestrators registered: the instances stay as they were created.
-	hub, err := taskhub.Open(ctx, hubConfig(filepath.Join(t.TempDir(), "x.sqlite")), task.NewTaskRegistry(), zerolog.Nop())
+	hub, err := embedded.Open(ctx, hubConfig(filepath.Join(t.TempDir(), "x.sqlite")), task.NewTaskRegistry(), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

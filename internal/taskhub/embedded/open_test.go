@@ -1,4 +1,4 @@
-package taskhub_test
+package embedded_test
 
 import (
 	"context"
@@ -18,22 +18,12 @@ import (
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/fanout"
-	"fanoutfanin/internal/hubfile"
 	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/taskhub/embedded"
+	"fanoutfanin/internal/taskhub/hubtest"
 )
 
-func hubConfig(file string) config.TaskHub {
-	return config.TaskHub{
-		Name:                        "test",
-		ConnectionSetting:           config.DefaultConnectionSetting,
-		EmbeddedFile:                file,
-		LockTimeout:                 30 * time.Second,
-		MaxConcurrentActivities:     config.DefaultConcurrency(),
-		MaxConcurrentOrchestrations: config.DefaultConcurrency(),
-		MaxPayloadBytes:             config.DefaultMaxPayloadBytes,
-		MaxStepBytes:                config.DefaultMaxStepBytes,
-	}
-}
+func hubConfig(file string) config.TaskHub { return hubtest.Config(file) }
 
 // registry runs the app's fan-out, its items taking no time.
 func registry(t testing.TB) *task.TaskRegistry {
@@ -58,32 +48,12 @@ func result(item string, value int) functions.ItemResult {
 	return functions.ItemResult{Item: item, ProcessedItem: "Processed_" + item, Value: value}
 }
 
-// With a scheduler configured, Open neither waits for it nor touches the
-// embedded hub, and a client call while it is down says so.
-func TestSchedulerHubOpensWhileTheSchedulerIsDown(t *testing.T) {
-	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
-	cfg.Scheduler = &config.Scheduler{Endpoint: "http://127.0.0.1:1", Host: "127.0.0.1", Address: "127.0.0.1:1", Auth: config.AuthNone}
-	hub, err := taskhub.Open(context.Background(), cfg, registry(t), zerolog.Nop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hub.Close(context.Background())
-	_, err = hub.Client.ScheduleNewOrchestration(context.Background(), functions.OrchestratorName, api.WithInput([]string{"a"}))
-	var unavailable *taskhub.UnavailableError
-	if !errors.As(err, &unavailable) || unavailable.Endpoint != "127.0.0.1" {
-		t.Errorf("scheduling while the scheduler is down: got %v, want an UnavailableError naming 127.0.0.1", err)
-	}
-	if _, err := os.Stat(cfg.EmbeddedFile); !os.IsNotExist(err) {
-		t.Errorf("an embedded hub file was created: %v", err)
-	}
-}
-
 func TestUnwritableFolderIsAnError(t *testing.T) {
 	dir := t.TempDir()
 	blocker := filepath.Join(dir, "file")
 	os.WriteFile(blocker, nil, 0o644)
 	// A folder cannot be made under a plain file, whoever runs the test.
-	_, err := taskhub.Open(context.Background(), hubConfig(filepath.Join(blocker, "hub", "x.sqlite")), registry(t), zerolog.Nop())
+	_, err := embedded.Open(context.Background(), hubConfig(filepath.Join(blocker, "hub", "x.sqlite")), registry(t), zerolog.Nop())
 	if err == nil || !strings.Contains(err.Error(), config.SettingEmbeddedDir) {
 		t.Errorf("got %v, want an error that names %s", err, config.SettingEmbeddedDir)
 	}
@@ -93,7 +63,7 @@ func TestUnopenableFileIsAnErrorNotAPanic(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "x.sqlite")
 	os.Mkdir(file, 0o755) // a folder where the file should be
-	_, err := taskhub.Open(context.Background(), hubConfig(file), registry(t), zerolog.Nop())
+	_, err := embedded.Open(context.Background(), hubConfig(file), registry(t), zerolog.Nop())
 	if err == nil || !strings.Contains(err.Error(), "opening the embedded task hub") {
 		t.Errorf("got %v, want an error opening the hub", err)
 	}
@@ -103,7 +73,7 @@ func TestUnopenableFileIsAnErrorNotAPanic(t *testing.T) {
 func TestInstancesSurviveReopening(t *testing.T) {
 	ctx := context.Background()
 	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
-	hub, err := taskhub.Open(ctx, cfg, registry(t), zerolog.Nop())
+	hub, err := embedded.Open(ctx, cfg, registry(t), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +86,7 @@ func TestInstancesSurviveReopening(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	hub, err = taskhub.Open(ctx, cfg, registry(t), zerolog.Nop())
+	hub, err = embedded.Open(ctx, cfg, registry(t), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,23 +102,11 @@ func TestInstancesSurviveReopening(t *testing.T) {
 
 func waitComplete(t testing.TB, c taskhub.Client, id api.InstanceID, within time.Duration) *api.OrchestrationMetadata {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		md, err := c.FetchOrchestrationMetadata(context.Background(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if md.IsComplete() {
-			if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
-				t.Fatalf("instance %s: %v: %v", id, md.RuntimeStatus, md.FailureDetails)
-			}
-			return md
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("instance %s not complete after %s", id, within)
-		}
-		time.Sleep(5 * time.Millisecond)
+	md := hubtest.Wait(t, c, id, within, nil)
+	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+		t.Fatalf("instance %s: %v: %v", id, md.RuntimeStatus, md.FailureDetails)
 	}
+	return md
 }
 
 // Work still running when the shutdown grace period ends is handed back:
@@ -195,7 +153,7 @@ func oneItemRegistry(t *testing.T, item task.Activity) *task.TaskRegistry {
 func startOneItem(t *testing.T, cfg config.TaskHub, item task.Activity) (*taskhub.Hub, api.InstanceID) {
 	t.Helper()
 	started := make(chan struct{}, 1)
-	hub, err := taskhub.Open(context.Background(), cfg, oneItemRegistry(t, func(actx task.ActivityContext) (any, error) {
+	hub, err := embedded.Open(context.Background(), cfg, oneItemRegistry(t, func(actx task.ActivityContext) (any, error) {
 		started <- struct{}{}
 		return item(actx)
 	}), zerolog.Nop())
@@ -216,7 +174,7 @@ func startOneItem(t *testing.T, cfg config.TaskHub, item task.Activity) (*taskhu
 // hour.
 func finishesOnReopen(t *testing.T, cfg config.TaskHub, id api.InstanceID) {
 	t.Helper()
-	hub, err := taskhub.Open(context.Background(), cfg, oneItemRegistry(t, func(task.ActivityContext) (any, error) { return "done", nil }), zerolog.Nop())
+	hub, err := embedded.Open(context.Background(), cfg, oneItemRegistry(t, func(task.ActivityContext) (any, error) { return "done", nil }), zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +196,7 @@ func TestCloseLetsWorkInFlightFinish(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		return result(it.Value, 7), nil
 	})
-	hub, err := taskhub.Open(ctx, cfg, slow, zerolog.Nop())
+	hub, err := embedded.Open(ctx, cfg, slow, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +219,7 @@ func TestCloseLetsWorkInFlightFinish(t *testing.T) {
 		t.Errorf("item %s ran again", it.Value)
 		return functions.ItemResult{}, errors.New("ran again")
 	})
-	hub, err = taskhub.Open(ctx, cfg, noWork, zerolog.Nop())
+	hub, err = embedded.Open(ctx, cfg, noWork, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +240,7 @@ func TestActivitiesTakenAreNeverMoreThanTheLimit(t *testing.T) {
 	var mu sync.Mutex
 	most := 0
 	slow := withWork(t, func(_ context.Context, it fanout.Item[string]) (functions.ItemResult, error) {
-		locked, _, err := hubfile.Locked(cfg.EmbeddedFile)
+		locked, _, err := hubtest.Locked(cfg.EmbeddedFile)
 		if err != nil {
 			return functions.ItemResult{}, err
 		}
@@ -292,7 +250,7 @@ func TestActivitiesTakenAreNeverMoreThanTheLimit(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		return result(it.Value, 1), nil
 	})
-	hub, err := taskhub.Open(ctx, cfg, slow, zerolog.Nop())
+	hub, err := embedded.Open(ctx, cfg, slow, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
 	}

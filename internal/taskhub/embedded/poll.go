@@ -1,4 +1,4 @@
-package taskhub
+package embedded
 
 import (
 	"context"
@@ -8,6 +8,9 @@ import (
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/microsoft/durabletask-go/backend"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"fanoutfanin/internal/taskhub"
 )
 
 // The library's own poll loop backs off to 5 s when idle, so the first
@@ -114,7 +117,7 @@ func (b hubBackend) GetOrchestrationRuntimeState(_ context.Context, wi *backend.
 
 func (b hubBackend) CompleteOrchestrationWorkItem(_ context.Context, wi *backend.OrchestrationWorkItem) error {
 	// The backend records a suspension over an end, so an instance that
-	// ended while suspended (terminated: see hubExecutor) would read as
+	// ended while suspended (terminated: see taskhub.Executor) would read as
 	// Suspended for ever: it is resumed as it ends.
 	if wi.State != nil && wi.State.IsCompleted() && wi.State.RuntimeStatus() == api.RUNTIME_STATUS_SUSPENDED {
 		if err := wi.State.AddEvent(resumedEvent()); err != nil {
@@ -191,7 +194,7 @@ func poll(ctx context.Context, w backend.TaskWorker, wake, now <-chan struct{}, 
 		case err != nil:
 			// ProcessNext has logged it; back off, wake-ups or not, so a
 			// broken store is not hammered.
-			sleep(ctx, errorBackoff)
+			taskhub.Sleep(ctx, errorBackoff)
 			continue
 		}
 		select {
@@ -199,7 +202,7 @@ func poll(ctx context.Context, w backend.TaskWorker, wake, now <-chan struct{}, 
 			return
 		case <-wake:
 			idle = every.min
-			sleep(ctx, settle)
+			taskhub.Sleep(ctx, settle)
 		case <-now:
 			idle = every.min
 		case <-time.After(idle):
@@ -208,11 +211,12 @@ func poll(ctx context.Context, w backend.TaskWorker, wake, now <-chan struct{}, 
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
+// resumedEvent is an ExecutionResumed event, as the backend records one. Its
+// type is internal to durabletask-go, so it is made through reflection.
+func resumedEvent() *backend.HistoryEvent {
+	e := &backend.HistoryEvent{EventId: -1, Timestamp: timestamppb.Now()}
+	m := e.ProtoReflect()
+	fd := m.Descriptor().Fields().ByName("executionResumed")
+	m.Set(fd, m.NewField(fd))
+	return e
 }

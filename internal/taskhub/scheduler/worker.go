@@ -1,4 +1,4 @@
-package taskhub
+package scheduler
 
 import (
 	"context"
@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/taskhub"
 )
 
 // Timings of the work-item stream. The first four are the official SDKs';
@@ -123,7 +124,7 @@ func (w *grpcWorker) start() {
 }
 
 // stop stops taking work, lets the items in flight finish while their
-// stream stays open (see drain), hands back what is left, then closes the
+// stream stays open (see taskhub.Drain), hands back what is left, then closes the
 // stream.
 func (w *grpcWorker) stop(ctx context.Context) error {
 	w.mu.Lock()
@@ -136,7 +137,7 @@ func (w *grpcWorker) stop(ctx context.Context) error {
 		close(finished)
 	}()
 	// Past the deadline, closing the stream hands back the rest.
-	err, _ := drain(ctx, finished, w.stopWork)
+	err, _ := taskhub.Drain(ctx, finished, w.stopWork)
 	w.stopLeases()
 	w.stopWork()
 	<-w.done
@@ -178,7 +179,7 @@ func (w *grpcWorker) run() {
 		// Full jitter, so that many workers do not reconnect in step.
 		ceiling := min(reconnectMax, w.reconnectBase<<min(attempt, 10))
 		attempt++
-		sleep(w.intake, rand.N(ceiling)+time.Millisecond)
+		taskhub.Sleep(w.intake, rand.N(ceiling)+time.Millisecond)
 	}
 }
 
@@ -440,7 +441,7 @@ func (w *grpcWorker) invokeRetrying(rpc string, req, res proto.Message, attempts
 		if retrying != nil {
 			retrying(err, attempt)
 		}
-		sleep(w.leases, delay)
+		taskhub.Sleep(w.leases, delay)
 		delay *= 2
 	}
 }

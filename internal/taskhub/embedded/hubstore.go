@@ -1,4 +1,4 @@
-package taskhub
+package embedded
 
 import (
 	"cmp"

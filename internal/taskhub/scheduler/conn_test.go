@@ -1,4 +1,4 @@
-package taskhub
+package scheduler
 
 import (
 	"context"

@@ -1,18 +1,15 @@
-package taskhub
+package embedded
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/microsoft/durabletask-go/backend"
-)
 
-// ErrStillRunning is returned by PurgeInstance when the instance, or an
-// orchestration it started, has not finished.
-var ErrStillRunning = errors.New("has not finished")
+	"fanoutfanin/internal/taskhub"
+)
 
 // The management calls of the embedded hub. Terminate, suspend and resume
 // are events the worker applies in order, as any other; termination
@@ -48,7 +45,7 @@ func (e embeddedClient) PurgeInstance(ctx context.Context, id api.InstanceID) (i
 		case !exists:
 			return nil
 		case !state.IsCompleted():
-			return fmt.Errorf("%s %w", id, ErrStillRunning)
+			return fmt.Errorf("%s %w", id, taskhub.ErrStillRunning)
 		}
 		for _, ev := range state.OldEvents() {
 			if c := ev.GetSubOrchestrationInstanceCreated(); c != nil {
@@ -69,48 +66,4 @@ func (e embeddedClient) PurgeInstance(ctx context.Context, id api.InstanceID) (i
 		}
 	}
 	return len(tree), nil
-}
-
-// The management calls of the gRPC backend. The scheduler terminates and
-// purges sub-orchestrations itself when asked to recurse.
-
-func (g grpcClient) TerminateOrchestration(ctx context.Context, id api.InstanceID, opts ...api.TerminateOptions) error {
-	ctx, cancel := context.WithTimeout(ctx, clientCallTimeout)
-	defer cancel()
-	return g.unavailable(ctx, g.c.TerminateOrchestration(ctx, id, append(opts, api.WithRecursiveTerminate(true))...))
-}
-
-func (g grpcClient) SuspendOrchestration(ctx context.Context, id api.InstanceID, reason string) error {
-	ctx, cancel := context.WithTimeout(ctx, clientCallTimeout)
-	defer cancel()
-	return g.unavailable(ctx, g.c.SuspendOrchestration(ctx, id, reason))
-}
-
-func (g grpcClient) ResumeOrchestration(ctx context.Context, id api.InstanceID, reason string) error {
-	ctx, cancel := context.WithTimeout(ctx, clientCallTimeout)
-	defer cancel()
-	return g.unavailable(ctx, g.c.ResumeOrchestration(ctx, id, reason))
-}
-
-// PurgeInstance calls PurgeInstances itself: v0.6.0's client does not
-// recurse by default and drops the count.
-func (g grpcClient) PurgeInstance(ctx context.Context, id api.InstanceID) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, clientCallTimeout)
-	defer cancel()
-	req := newMessage("PurgeInstancesRequest")
-	fieldsOf(req).set("instanceId", string(id)).set("recursive", true)
-	res := newMessage("PurgeInstancesResponse")
-	if err := g.conn.Invoke(ctx, method("PurgeInstances"), req, res); err != nil {
-		// The upstream sidecar answers a running sub-orchestration with its
-		// own error text, and no status code for it.
-		if strings.Contains(err.Error(), api.ErrNotCompleted.Error()) {
-			return 0, fmt.Errorf("%s or an orchestration it started %w", id, ErrStillRunning)
-		}
-		return 0, g.unavailable(ctx, err)
-	}
-	n := int(fieldsOf(res).int32("deletedInstanceCount"))
-	if n == 0 {
-		return 0, api.ErrInstanceNotFound
-	}
-	return n, nil
 }

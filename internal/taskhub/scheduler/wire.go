@@ -1,4 +1,4 @@
-package taskhub
+package scheduler
 
 import (
 	"errors"
@@ -11,8 +11,9 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/emptypb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"fanoutfanin/internal/taskhub"
 )
 
 // durabletask-go v0.6.0 keeps its generated protobuf types internal, and a
@@ -296,13 +297,6 @@ func taskScheduledEvent(taskID int32, name string, input *wrapperspb.StringValue
 	return e
 }
 
-// resumedEvent is an ExecutionResumed event, as the backend records one.
-func resumedEvent() *backend.HistoryEvent {
-	e := &backend.HistoryEvent{EventId: -1, Timestamp: timestamppb.Now()}
-	fieldsOf(e).mutable("executionResumed")
-	return e
-}
-
 // activityResponse reports an activity's outcome, as the executor returned it
 // in a TaskCompleted or TaskFailed event.
 func activityResponse(instanceID api.InstanceID, taskID int32, outcome *backend.HistoryEvent) proto.Message {
@@ -328,31 +322,9 @@ func failedActivityResponse(instanceID api.InstanceID, taskID int32, errorType, 
 // one that fails the orchestration with message. The custom status goes too:
 // it may be what was too large.
 func failOrchestration(res proto.Message, errorType, message string) {
-	endOrchestration(res, api.RUNTIME_STATUS_FAILED, nil, &backend.TaskFailureDetails{ErrorType: errorType, ErrorMessage: message, IsNonRetriable: true})
+	taskhub.EndOrchestration(res, api.RUNTIME_STATUS_FAILED, nil, &backend.TaskFailureDetails{ErrorType: errorType, ErrorMessage: message, IsNonRetriable: true})
 	f := fieldsOf(res)
 	f.m.Clear(f.fd("customStatus"))
-}
-
-// endOrchestration replaces an orchestrator response's actions with one
-// that ends the orchestration in status, with result or failure.
-func endOrchestration(res proto.Message, status api.OrchestrationStatus, result *wrapperspb.StringValue, failure *backend.TaskFailureDetails) {
-	f := fieldsOf(res)
-	actions := f.m.Mutable(f.fd("actions")).List()
-	id := int32(0)
-	for i := range actions.Len() {
-		id = max(id, fields{actions.Get(i).Message()}.int32("id")+1)
-	}
-	actions.Truncate(0)
-	action := actions.NewElement()
-	af := fields{action.Message()}.set("id", id)
-	end := af.mutable("completeOrchestration").set("orchestrationStatus", protoreflect.EnumNumber(status))
-	if result != nil {
-		end.set("result", result)
-	}
-	if failure != nil {
-		end.set("failureDetails", failure)
-	}
-	actions.Append(action)
 }
 
 // completesOrchestration reports whether an orchestrator response ends the
