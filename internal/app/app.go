@@ -17,6 +17,7 @@ import (
 
 	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
 
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/config"
@@ -26,6 +27,7 @@ import (
 	"fanoutfanin/internal/taskhub"
 	"fanoutfanin/internal/taskhub/embedded"
 	"fanoutfanin/internal/taskhub/scheduler"
+	"fanoutfanin/internal/telemetry"
 )
 
 // ErrStoppedAtOnce is Run's error when a second signal cut the graceful stop
@@ -123,19 +125,37 @@ func shutdown(srv *http.Server, a *App, grace time.Duration, log zerolog.Logger)
 type App struct {
 	Handler http.Handler
 	hub     *taskhub.Hub
+	tracing *telemetry.Tracing
 }
 
-// Close stops the task hub's worker.
-func (a *App) Close(ctx context.Context) error { return a.hub.Close(ctx) }
+// flushTime is the part of a stop's time kept, at its end, for exporting
+// the spans still buffered.
+const flushTime = time.Second
+
+// Close stops the task hub's worker, then exports the spans still
+// buffered, all until ctx ends.
+func (a *App) Close(ctx context.Context) error {
+	hubCtx := ctx
+	if deadline, ok := ctx.Deadline(); ok && a.tracing.Recording() {
+		var cancel context.CancelFunc
+		hubCtx, cancel = context.WithDeadline(ctx, deadline.Add(-min(flushTime, time.Until(deadline)/4)))
+		defer cancel()
+	}
+	err := a.hub.Close(hubCtx)
+	if ferr := a.tracing.Shutdown(ctx); ferr != nil {
+		err = errors.Join(err, fmt.Errorf("exporting the last spans: %w", ferr))
+	}
+	return err
+}
 
 // openHub is the one place that chooses the backend: the embedded hub when
 // no scheduler is configured, else the scheduler's. Either runs the
 // orchestrators and activities in registry.
-func openHub(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger) (*taskhub.Hub, error) {
+func openHub(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger, tracer trace.Tracer) (*taskhub.Hub, error) {
 	if cfg.Embedded() {
-		return embedded.Open(ctx, cfg, registry, log)
+		return embedded.Open(ctx, cfg, registry, log, tracer)
 	}
-	return scheduler.Open(cfg, registry, log)
+	return scheduler.Open(cfg, registry, log, tracer)
 }
 
 // Open reads the function definitions, registers the fan-outs, opens the
@@ -145,8 +165,16 @@ func Open(ctx context.Context, cfg config.Config, fanouts []functions.Registrati
 	if err != nil {
 		return nil, err
 	}
+	tracing, err := telemetry.Open(ctx, cfg.Telemetry)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Telemetry.Enabled() {
+		log.Info().Str("protocol", cfg.Telemetry.Protocol).Str("serviceName", cfg.Telemetry.ServiceName).Msg("tracing: exporting spans over OTLP")
+	}
 	retry := fanout.NewRetryPolicy(cfg.Retry.MaxAttempts, cfg.Retry.FirstDelay, cfg.Retry.Backoff, cfg.Retry.MaxDelay)
 	engine := fanout.New(fanout.Options{
+		Tracer:        tracing.Tracer,
 		Log:           log,
 		PartitionSize: cfg.Limits.PartitionSize,
 		Retry:         &retry,
@@ -155,10 +183,12 @@ func Open(ctx context.Context, cfg config.Config, fanouts []functions.Registrati
 		MaxItemLength: cfg.Limits.MaxItemLength,
 	})
 	if err := functions.Register(engine, fanouts); err != nil {
+		tracing.Shutdown(ctx)
 		return nil, err
 	}
-	hub, err := openHub(ctx, cfg.TaskHub, engine.Registry(), log)
+	hub, err := openHub(ctx, cfg.TaskHub, engine.Registry(), log, tracing.Tracer)
 	if err != nil {
+		tracing.Shutdown(ctx)
 		return nil, err
 	}
 
@@ -186,7 +216,8 @@ func Open(ctx context.Context, cfg config.Config, fanouts []functions.Registrati
 	})
 	if err != nil {
 		hub.Close(ctx)
+		tracing.Shutdown(ctx)
 		return nil, err
 	}
-	return &App{Handler: router, hub: hub}, nil
+	return &App{Handler: router, hub: hub, tracing: tracing}, nil
 }

@@ -28,7 +28,7 @@ import (
 	"syscall"
 	"time"
 
-	"fanoutfanin/internal/sidecar"
+	"fanoutfanin/internal/servers"
 )
 
 // The sizes measured.
@@ -153,7 +153,7 @@ func run(ctx context.Context, opts options) error {
 	}
 	if opts.runs("grpc") {
 		progress("building the durabletask-go sidecar")
-		if b.sidecar, err = sidecar.Build(); err != nil {
+		if b.sidecar, err = servers.BuildSidecar(); err != nil {
 			return err
 		}
 	}

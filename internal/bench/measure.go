@@ -24,7 +24,7 @@ import (
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/logging"
-	"fanoutfanin/internal/sidecar"
+	"fanoutfanin/internal/servers"
 )
 
 // bench holds what every measurement shares.
@@ -94,7 +94,7 @@ func (b *bench) embeddedFanOut(ctx context.Context, n, partition int) (fanOutRes
 
 // fanOutWith runs one fan-out of n items in a fresh handler with settings,
 // on sidecar sc if not nil; partition, if not 0, sets FANOUT_PARTITION_SIZE.
-func (b *bench) fanOutWith(ctx context.Context, settings map[string]string, sc *sidecar.Process, n, partition int) (fanOutResult, error) {
+func (b *bench) fanOutWith(ctx context.Context, settings map[string]string, sc *servers.Process, n, partition int) (fanOutResult, error) {
 	if partition != 0 {
 		settings["FANOUT_PARTITION_SIZE"] = strconv.Itoa(partition)
 	}
@@ -111,7 +111,7 @@ func (b *bench) fanOutWith(ctx context.Context, settings map[string]string, sc *
 // timedFanOut starts a fan-out of n items on h and waits for it to
 // complete, timing it from just before the start request, and reads the
 // handler's (and sidecar's, if any) CPU time around it and its peak RSS.
-func (b *bench) timedFanOut(ctx context.Context, h *handler, sc *sidecar.Process, n int) (fanOutResult, error) {
+func (b *bench) timedFanOut(ctx context.Context, h *handler, sc *servers.Process, n int) (fanOutResult, error) {
 	r := fanOutResult{items: n}
 	h0, err := cpuTime(h.pid(), b.clkTck)
 	if err != nil {
@@ -299,7 +299,7 @@ func (b *bench) grpcFanOut(ctx context.Context, n, partition int) (fanOutResult,
 	if err != nil {
 		return fanOutResult{}, err
 	}
-	sc, err := sidecar.Start(b.sidecar, 0, filepath.Join(dir, "sidecar.sqlite"))
+	sc, err := servers.StartSidecar(b.sidecar, 0, filepath.Join(dir, "sidecar.sqlite"))
 	if err != nil {
 		return fanOutResult{}, err
 	}

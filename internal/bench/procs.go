@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"fanoutfanin/internal/sidecar"
+	"fanoutfanin/internal/servers"
 	"fanoutfanin/internal/tailbuf"
 )
 
@@ -89,7 +89,7 @@ type handler struct {
 // in FUNCTIONS_CUSTOMHANDLER_PORT, and settings as app settings. It returns
 // once GET / answers.
 func startHandler(ctx context.Context, appRoot string, settings map[string]string) (*handler, error) {
-	port, err := sidecar.FreePort()
+	port, err := servers.FreePort()
 	if err != nil {
 		return nil, err
 	}

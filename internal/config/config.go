@@ -31,6 +31,7 @@ type Config struct {
 	ItemTimeout time.Duration
 	Retry       Retry
 	TaskHub     TaskHub
+	Telemetry   Telemetry
 
 	// ShutdownGrace is all the time a stop signal leaves the handler: to
 	// finish the calls and the work in flight, then hand back the rest.
@@ -189,6 +190,7 @@ func Load(args []string, getenv func(string) string, app ...func(*Parser)) (Conf
 		ShutdownGrace: p.shutdownGrace(),
 		RoutePrefix:   p.routePrefix(host),
 		TaskHub:       p.taskHub(host.Extensions.DurableTask, root),
+		Telemetry:     p.telemetry(),
 	}
 	for _, read := range app {
 		read(&p)

@@ -70,7 +70,7 @@ func payload(fn Function, h http.Handler, opts Options) http.Handler {
 		}
 
 		logs := &logCapture{}
-		fnLog := log.Output(zerolog.MultiLevelWriter(opts.LogWriter, logs))
+		req, fnLog := traced(req, log.Output(zerolog.MultiLevelWriter(opts.LogWriter, logs)))
 		rec := newRecorder()
 		// req's context holds the route parameters; add the capturing logger to it.
 		h.ServeHTTP(rec, req.WithContext(fnLog.WithContext(req.Context())))

@@ -10,6 +10,8 @@ import (
 
 	"github.com/gorilla/mux"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"fanoutfanin/internal/httpjson"
 )
@@ -189,7 +191,7 @@ func refuseMethod(w http.ResponseWriter, r *http.Request, allowed []string, form
 func withLogger(log zerolog.Logger, function string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		l := requestLogger(log, function, r)
+		r, l := traced(r, requestLogger(log, function, r))
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		h.ServeHTTP(sw, r.WithContext(l.WithContext(r.Context())))
 		l.Debug().Str("method", r.Method).Str("path", r.URL.Path).Int("status", sw.status).Dur("elapsed", time.Since(start)).Msg("request")
@@ -205,6 +207,19 @@ func requestLogger(log zerolog.Logger, function string, r *http.Request) zerolog
 		c = c.Str("invocationId", id)
 	}
 	return c.Logger()
+}
+
+// traced puts the caller's trace context, a W3C traceparent and tracestate
+// among r's headers (in payload mode, the invocation's), into r's context,
+// where the spans a function starts find their parent, and names its trace
+// and span on log's lines.
+func traced(r *http.Request, log zerolog.Logger) (*http.Request, zerolog.Logger) {
+	ctx := propagation.TraceContext{}.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsValid() {
+		return r, log
+	}
+	return r.WithContext(ctx), log.With().Str("traceId", sc.TraceID().String()).Str("spanId", sc.SpanID().String()).Logger()
 }
 
 type statusWriter struct {

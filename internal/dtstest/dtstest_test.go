@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/microsoft/durabletask-go/backend"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -58,7 +59,7 @@ func newEnvUpstream(t *testing.T, opts Options, addr string, creds grpc.DialOpti
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Close)
-	conn, err := grpc.Dial(srv.Addr(), creds,
+	conn, err := grpc.NewClient("passthrough:///"+srv.Addr(), creds,
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20)))
 	if err != nil {
 		t.Fatal(err)
@@ -311,7 +312,7 @@ func TestStartInstanceForwarded(t *testing.T) {
 	if st := getInstance(t, clientCtx(ctx), e.conn, "GetInstance", "inst-b"); !st.Exists {
 		t.Fatalf("GetInstance through the server: %+v", st)
 	}
-	direct, err := grpc.Dial(e.sidecar, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	direct, err := grpc.NewClient("passthrough:///"+e.sidecar, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -735,7 +736,7 @@ func TestTLS(t *testing.T) {
 	}
 	wantCode(t, e.startInstance(ctx, "inst-tls2", `null`), codes.Unauthenticated, "StartInstance over TLS without a token")
 
-	plain, err := grpc.Dial(e.srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	plain, err := grpc.NewClient("passthrough:///"+e.srv.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1054,5 +1055,106 @@ func TestQueryInstancesRefused(t *testing.T) {
 	s := e.srv.Stats()
 	if s.Refused != len(cases) || s.Violations != len(cases) || s.Queries != 2 {
 		t.Errorf("stats: %+v", s)
+	}
+}
+
+// Trace context named at the start and in each scheduling action reaches
+// the work items that follow, as the scheduler relays it; one that is not a
+// traceparent is a violation.
+func TestTraceContextIsRelayed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, Options{})
+	ctx := testCtx(t)
+	cs := e.openStream(ctx, 1, 1)
+	traceContext := func(tp string) []byte {
+		tc := NewMessage("TraceContext")
+		tc.ProtoReflect().Set(fd(tc.ProtoReflect().Descriptor(), "traceParent"), protoreflect.ValueOfString(tp))
+		b, _ := proto.Marshal(tc)
+		return b
+	}
+	const client = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	const orchestration = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+	req := fromJSON(t, "CreateInstanceRequest", `{"instanceId":"inst-t","name":"orch","input":"\"in\""}`)
+	AppendUnknownBytes(req, FieldCreateParentTrace, traceContext(client))
+	if _, err := e.invoke(clientCtx(ctx), "StartInstance", req, "CreateInstanceResponse"); err != nil {
+		t.Fatal(err)
+	}
+	parentOf := func(e *backend.HistoryEvent) string {
+		if es := e.GetExecutionStarted(); es != nil {
+			return es.GetParentTraceContext().GetTraceParent()
+		}
+		return e.GetTaskScheduled().GetParentTraceContext().GetTraceParent()
+	}
+	events := func(wi proto.Message) []*backend.HistoryEvent {
+		o := wi.ProtoReflect().Get(wiOrchestrator).Message()
+		var out []*backend.HistoryEvent
+		for _, f := range []protoreflect.FieldDescriptor{orqPastEvents, fd(orqDesc, "newEvents")} {
+			l := o.Get(f).List()
+			for i := range l.Len() {
+				out = append(out, l.Get(i).Message().Interface().(*backend.HistoryEvent))
+			}
+		}
+		return out
+	}
+
+	wi := recvWork(t, cs)
+	started := 0
+	for _, ev := range events(wi) {
+		if ev.GetExecutionStarted() != nil {
+			started++
+			if got := parentOf(ev); got != client {
+				t.Errorf("ExecutionStarted.parentTraceContext = %q, want %q", got, client)
+			}
+		}
+	}
+	if started != 1 {
+		t.Fatalf("first work item: %d ExecutionStarted events", started)
+	}
+	res := fromJSON(t, "OrchestratorResponse", `{"instanceId":"inst-t","actions":[{"id":0,"scheduleTask":{"name":"act","input":"\"a\""}},{"id":1,"scheduleTask":{"name":"act","input":"\"b\""}}]}`)
+	acts := res.ProtoReflect().Get(orsActions).List()
+	AppendUnknownBytes(acts.Get(0).Message().Get(fd(acts.Get(0).Message().Descriptor(), "scheduleTask")).Message().Interface(), FieldActionParentTrace, traceContext(orchestration))
+	AppendUnknownBytes(acts.Get(1).Message().Get(fd(acts.Get(1).Message().Descriptor(), "scheduleTask")).Message().Interface(), FieldActionParentTrace, traceContext("not-a-traceparent"))
+	AppendUnknownString(res, FieldOrchRespCompletionToken, WorkItemToken(wi))
+	if _, err := e.invoke(workerCtx(ctx), "CompleteOrchestratorTask", res, "CompleteTaskResponse"); err != nil {
+		t.Fatal(err)
+	}
+
+	// Two activities: task 0 carries the orchestration's context, task 1 none.
+	for range 2 {
+		act := recvWork(t, cs)
+		_, _, tid := describeWorkItem(act)
+		a := act.ProtoReflect().Get(wiActivity).Message().Interface()
+		b, ok := UnknownString(a, FieldActivityParentTrace)
+		switch {
+		case tid == 0 && !ok:
+			t.Error("activity 0: no parentTraceContext")
+		case tid == 0:
+			tc := NewMessage("TraceContext")
+			if err := proto.Unmarshal([]byte(b), tc); err != nil || tc.ProtoReflect().Get(fd(tc.ProtoReflect().Descriptor(), "traceParent")).String() != orchestration {
+				t.Errorf("activity 0: parentTraceContext %v (%v), want %s", tc, err, orchestration)
+			}
+		case ok:
+			t.Errorf("activity %d: a parentTraceContext relayed from a malformed one", tid)
+		}
+		if err := e.completeActivity(ctx, "inst-t", tid, `"r"`, WorkItemToken(act)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The orchestrator's next turn: its TaskScheduled event for task 0 has
+	// the context too.
+	wi = recvWork(t, cs)
+	for _, ev := range events(wi) {
+		if ev.GetTaskScheduled() != nil && ev.GetEventId() == 0 && parentOf(ev) != orchestration {
+			t.Errorf("TaskScheduled 0: parentTraceContext %q, want %q", parentOf(ev), orchestration)
+		}
+	}
+	if err := e.completeOrch(ctx, completeOrchestrationJSON("inst-t", `"done"`), WorkItemToken(wi)); err != nil {
+		t.Fatal(err)
+	}
+	if vs := e.srv.Violations(); !hasViolation(vs, "not-a-traceparent") || len(vs) != 1 {
+		t.Errorf("violations:\n%s", strings.Join(vs, "\n"))
+	}
+	if s := e.srv.Stats(); s.TraceContexts != 2 || s.TraceContextsRelayed < 3 {
+		t.Errorf("stats: %d trace contexts received, %d relayed; want 2, at least 3", s.TraceContexts, s.TraceContextsRelayed)
 	}
 }

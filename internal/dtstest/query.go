@@ -108,12 +108,25 @@ func (s *Server) learnInstance(id string, exists bool) {
 }
 
 func (s *Server) startInstance(ctx context.Context, req proto.Message) (proto.Message, error) {
+	// Kept before the sidecar has the instance, which it may dispatch at
+	// once; an instance without an id gets one from the sidecar.
+	tc := s.readTraceContext("StartInstance", "CreateInstanceRequest", req, FieldCreateParentTrace)
+	keep := func(iid string) {
+		if tc != nil && iid != "" {
+			s.mu.Lock()
+			s.traceContexts[iid] = tc
+			s.mu.Unlock()
+		}
+	}
+	keep(req.ProtoReflect().Get(fd(req.ProtoReflect().Descriptor(), "instanceId")).String())
 	resp, err := s.forward(ctx, "StartInstance", req, "CreateInstanceResponse")
 	if err != nil {
 		return nil, err
 	}
 	// v0.6.0 creates the instance before it answers.
-	s.learnInstance(resp.ProtoReflect().Get(cirInstanceID).String(), true)
+	iid := resp.ProtoReflect().Get(cirInstanceID).String()
+	s.learnInstance(iid, true)
+	keep(iid)
 	return resp, nil
 }
 

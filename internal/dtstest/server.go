@@ -123,6 +123,9 @@ type Stats struct {
 	Outstanding        int // items leased to workers now
 	PeakOutstandingOrc int // highest number of orchestration items outstanding on one stream
 	PeakOutstandingAct int // highest number of activity items outstanding on one stream
+
+	TraceContexts        int // well-formed trace contexts received (StartInstance, actions)
+	TraceContextsRelayed int // trace contexts written into dispatched work items
 }
 
 const (
@@ -224,6 +227,9 @@ type Server struct {
 	instances           map[string]*knownInstance // what QueryInstances lists
 	instanceSeq         uint64
 	queryCursors        map[string]queryCursor // QueryInstances continuation tokens issued
+	// traceContexts are the parents named for instances (by id) and for
+	// activities (by instance/taskId), to relay (tracecontext.go).
+	traceContexts map[string]proto.Message
 }
 
 // Start starts a server on 127.0.0.1:0 in front of opts.Upstream.
@@ -243,7 +249,7 @@ func Start(opts Options) (*Server, error) {
 	if opts.HistoryChunkEvents <= 0 {
 		opts.HistoryChunkEvents = DefaultHistoryChunkEvents
 	}
-	up, err := grpc.Dial(opts.Upstream,
+	up, err := grpc.NewClient("passthrough:///"+opts.Upstream,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		// Reconnect quickly when a test restarts the sidecar (grpc's default starts at 1 s).
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -279,6 +285,7 @@ func Start(opts Options) (*Server, error) {
 		tokens:              map[string]*lease{},
 		activityCompletions: map[string]int{},
 		instances:           map[string]*knownInstance{},
+		traceContexts:       map[string]proto.Message{},
 		queryCursors:        map[string]queryCursor{},
 	}
 	desc := s.serviceDesc()
@@ -720,6 +727,9 @@ func (s *Server) completeOrchestrator(ctx context.Context, req proto.Message) (p
 	if _, err := s.claim(name, token, kindOrchestration, iid, 0, true, false); err != nil {
 		return nil, err
 	}
+	// Before the sidecar has it: it may dispatch what the step schedules
+	// at once.
+	s.learnTraceContexts(req)
 	resp, err := s.forwardCompletion(ctx, name, req, iid)
 	if err == nil {
 		s.learnSubOrchestrations(req)
@@ -963,6 +973,7 @@ func (s *Server) pickStreamLocked(kind int) *dstream {
 }
 
 func (s *Server) assignLocked(st *dstream, it *item) {
+	s.relayTraceContextsLocked(it)
 	token := newToken()
 	cp := proto.Clone(it.wi)
 	withheld := false

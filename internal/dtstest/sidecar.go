@@ -4,7 +4,7 @@ import (
 	"sync"
 	"testing"
 
-	"fanoutfanin/internal/sidecar"
+	"fanoutfanin/internal/servers"
 )
 
 var (
@@ -14,10 +14,10 @@ var (
 )
 
 // BuildSidecar builds the upstream durabletask-go sidecar once per test
-// process (see sidecar.Build) and returns the binary's path.
+// process (see servers.BuildSidecar) and returns the binary's path.
 func BuildSidecar(tb testing.TB) string {
 	tb.Helper()
-	buildOnce.Do(func() { buildPath, buildErr = sidecar.Build() })
+	buildOnce.Do(func() { buildPath, buildErr = servers.BuildSidecar() })
 	if buildErr != nil {
 		tb.Fatalf("dtstest: building the durabletask-go sidecar: %v", buildErr)
 	}
@@ -27,7 +27,7 @@ func BuildSidecar(tb testing.TB) string {
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(tb testing.TB) int {
 	tb.Helper()
-	port, err := sidecar.FreePort()
+	port, err := servers.FreePort()
 	if err != nil {
 		tb.Fatalf("dtstest: %v", err)
 	}
@@ -40,7 +40,7 @@ func FreePort(tb testing.TB) int {
 // again later on the same fixed port. On test failure the tail of its log is written to tb.Log.
 func StartSidecar(tb testing.TB, port int, dbFile string) (addr string, stop func()) {
 	tb.Helper()
-	p, err := sidecar.Start(BuildSidecar(tb), port, dbFile)
+	p, err := servers.StartSidecar(BuildSidecar(tb), port, dbFile)
 	if err != nil {
 		tb.Fatalf("dtstest: %v", err)
 	}

@@ -269,6 +269,12 @@ func forEachBackend(t *testing.T, test func(t *testing.T, settings func(t *testi
 // method, path, headers and body, plus the host's own headers.
 func (p *handlerProcess) forward(t *testing.T, method, path, body string) (int, http.Header, map[string]any) {
 	t.Helper()
+	return p.forwardWith(t, method, path, body, nil)
+}
+
+// forwardWith is forward with more request headers.
+func (p *handlerProcess) forwardWith(t *testing.T, method, path, body string, headers map[string]string) (int, http.Header, map[string]any) {
+	t.Helper()
 	req, err := http.NewRequest(method, p.url(path), strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -278,6 +284,9 @@ func (p *handlerProcess) forward(t *testing.T, method, path, body string) (int, 
 	req.Header.Set("X-Azure-Functions-HostVersion", "4.1036.1.23224")
 	req.Header.Set("X-Azure-Functions-InvocationId", "0f3c6e55-4a4b-4a52-9f53-1a2b3c4d5e6f")
 	req.Header.Set("User-Agent", "Azure-Functions-Host/4.1036.1.23224")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -12,8 +12,10 @@ import (
 	"unicode/utf8"
 
 	"github.com/microsoft/durabletask-go/task"
+	"go.opentelemetry.io/otel/trace"
 
 	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/telemetry"
 )
 
 // readWork reads the work activity's input in any form a version has sent:
@@ -98,6 +100,7 @@ func (f *runner[I, R, S]) work(actx task.ActivityContext) (any, error) {
 		return nil, fmt.Errorf("reading work item %d: %w", index, err)
 	}
 	item.Log = taskhub.ActivityLog(actx.Context()).With().Int("index", index).Logger()
+	trace.SpanFromContext(actx.Context()).SetAttributes(telemetry.ItemIndex(index), telemetry.ItemAttempt(max(in.Attempt, 1)))
 
 	ctx, cancel := context.WithTimeout(actx.Context(), f.opts.ItemTimeout)
 	defer cancel()

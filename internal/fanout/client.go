@@ -11,8 +11,10 @@ import (
 
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/codes"
 
 	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/telemetry"
 )
 
 // Client starts, watches and manages fan-outs on a task hub.
@@ -127,10 +129,16 @@ func (c *Client) start(ctx context.Context, k *kind, plan Plan) (Started, error)
 		}
 	}
 	n := max(plan.Count, plan.Total, len(plan.Items))
+	// The backend carries the span's context into the instance, whose
+	// spans are its children.
+	ctx, span := telemetry.CreateOrchestration(ctx, c.e.opts.Tracer, k.Orchestrator)
+	defer span.End()
 	id, err := c.hub.ScheduleNewOrchestration(ctx, k.Orchestrator, api.WithInput(plan))
 	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		return Started{}, fmt.Errorf("scheduling %s: %w", k.Orchestrator, err)
 	}
+	span.SetAttributes(telemetry.InstanceID(string(id)))
 	// The caller going away must not leave the instance waiting for parts
 	// nobody sends.
 	sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ItemsTimeout/2)
@@ -145,7 +153,12 @@ func (c *Client) start(ctx context.Context, k *kind, plan Plan) (Started, error)
 		}
 	}
 	s := Started{ID: string(id), Items: n, Parts: max(1, len(chunks))}
-	zerolog.Ctx(ctx).Info().Str("instanceId", s.ID).Int("items", n).Int("parts", s.Parts).Msg("started orchestration")
+	log := zerolog.Ctx(ctx).With()
+	if sc := span.SpanContext(); sc.IsValid() {
+		log = log.Str("traceId", sc.TraceID().String()).Str("spanId", sc.SpanID().String())
+	}
+	l := log.Logger()
+	l.Info().Str("instanceId", s.ID).Int("items", n).Int("parts", s.Parts).Msg("started orchestration")
 	return s, nil
 }
 

@@ -118,7 +118,7 @@ func ExampleRegister() {
 	dir, _ := os.MkdirTemp("", "example")
 	defer os.RemoveAll(dir)
 	hub, err := embedded.Open(context.Background(), config.TaskHub{Name: "example", EmbeddedFile: filepath.Join(dir, "hub.sqlite"),
-		LockTimeout: 30 * time.Second, MaxConcurrentActivities: 8, MaxConcurrentOrchestrations: 4}, engine.Registry(), zerolog.Nop())
+		LockTimeout: 30 * time.Second, MaxConcurrentActivities: 8, MaxConcurrentOrchestrations: 4}, engine.Registry(), zerolog.Nop(), nil)
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -24,6 +24,9 @@ import (
 
 	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
+
+	"fanoutfanin/internal/telemetry"
 )
 
 // Item is one work item as Work sees it.
@@ -103,6 +106,9 @@ type Options struct {
 	// each item's length in characters: a string's own, other values'
 	// JSON text (0: no bound).
 	MaxItems, MaxItemLength int
+	// Tracer records the span of each start (create_orchestration); nil:
+	// none.
+	Tracer trace.Tracer
 }
 
 // Defaults and bounds of the engine.
@@ -131,6 +137,9 @@ func New(opts Options) *Engine {
 	}
 	if opts.ItemTimeout <= 0 {
 		opts.ItemTimeout = DefaultItemTimeout
+	}
+	if opts.Tracer == nil {
+		opts.Tracer = telemetry.Off().Tracer
 	}
 	if opts.MaxItems <= 0 {
 		opts.MaxItems = MaxItems

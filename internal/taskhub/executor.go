@@ -8,9 +8,12 @@ import (
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/microsoft/durabletask-go/backend"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"fanoutfanin/internal/telemetry"
 )
 
 // Executor runs the app's orchestrators and activities for either backend,
@@ -18,20 +21,27 @@ import (
 // which is cancelled only when the shutdown grace period ends, not when the
 // item's fetching stops; and with a logger in their context (ActivityLog)
 // that carries the orchestration's instance id, which activities are not
-// told otherwise.
+// told otherwise. It records the spans of orchestrations and activities
+// (internal/telemetry).
 type Executor struct {
 	backend.Executor
-	log  zerolog.Logger
-	work context.Context
+	log    zerolog.Logger
+	work   context.Context
+	tracer trace.Tracer
 }
 
-// NewExecutor wraps exec for a hub whose work context is work.
-func NewExecutor(exec backend.Executor, log zerolog.Logger, work context.Context) Executor {
-	return Executor{Executor: exec, log: log, work: work}
+// NewExecutor wraps exec for a hub whose work context is work, recording
+// spans with tracer (nil: none).
+func NewExecutor(exec backend.Executor, log zerolog.Logger, work context.Context, tracer trace.Tracer) Executor {
+	if tracer == nil {
+		tracer = telemetry.Off().Tracer
+	}
+	return Executor{Executor: exec, log: log, work: work, tracer: tracer}
 }
 
 // ActivityLog is the logger an activity run by an Executor has in its
-// context: it names the instance and the activity. Elsewhere it is
+// context: it names the instance and the activity, and, when the activity
+// is traced, its trace and span (traceId, spanId). Elsewhere it is
 // zerolog's disabled logger, or the context's own.
 func ActivityLog(ctx context.Context) *zerolog.Logger { return zerolog.Ctx(ctx) }
 
@@ -54,8 +64,26 @@ func (x Executor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, ol
 		if output, ok := terminatedWith(old, new); ok {
 			EndOrchestration(res.Response, api.RUNTIME_STATUS_TERMINATED, output, nil)
 		}
+		if status, failure, ended := Ending(res.Response); ended {
+			if started := ExecutionStarted(old, new); started != nil {
+				telemetry.RecordOrchestration(x.tracer, started, string(id), status, failure)
+			}
+		}
 	}
 	return res, err
+}
+
+// ExecutionStarted is the ExecutionStarted event among an instance's
+// events; nil if there is none.
+func ExecutionStarted(old, new []*backend.HistoryEvent) *backend.HistoryEvent {
+	for _, events := range [][]*backend.HistoryEvent{old, new} {
+		for _, e := range events {
+			if e.GetExecutionStarted() != nil {
+				return e
+			}
+		}
+	}
+	return nil
 }
 
 // suspensionsThatCount leaves out a suspension of an instance already
@@ -118,7 +146,12 @@ func (x Executor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *bac
 	defer cancel()
 	stop := context.AfterFunc(x.work, cancel)
 	defer stop()
-	log := x.log.With().Str("instanceId", string(id)).Str("activity", e.GetTaskScheduled().GetName()).Logger()
+	ctx, span := telemetry.StartActivity(ctx, x.tracer, e, string(id))
+	logCtx := x.log.With().Str("instanceId", string(id)).Str("activity", e.GetTaskScheduled().GetName())
+	if sc := span.SpanContext(); sc.IsValid() {
+		logCtx = logCtx.Str("traceId", sc.TraceID().String()).Str("spanId", sc.SpanID().String())
+	}
+	log := logCtx.Logger()
 	type outcome struct {
 		result *backend.HistoryEvent
 		err    error
@@ -131,6 +164,7 @@ func (x Executor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *bac
 	select {
 	case o := <-done:
 		if ctx.Err() == nil {
+			telemetry.EndActivity(span, o.result, o.err)
 			return o.result, o.err
 		}
 	case <-ctx.Done():
@@ -140,7 +174,9 @@ func (x Executor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *bac
 	}
 	// Stopped by shutdown: an error, so the item is handed back rather than
 	// its cancellation recorded as the item's failure.
-	return nil, fmt.Errorf("activity stopped by shutdown: %w", ctx.Err())
+	err := fmt.Errorf("activity stopped by shutdown: %w", ctx.Err())
+	telemetry.EndActivity(span, nil, err)
+	return nil, err
 }
 
 // EndOrchestration replaces an orchestrator response's actions with one that
@@ -172,4 +208,25 @@ func EndOrchestration(res proto.Message, status api.OrchestrationStatus, result 
 		end.Set(field(end, "failureDetails"), protoreflect.ValueOfMessage(failure.ProtoReflect()))
 	}
 	actions.Append(action)
+}
+
+// Ending says whether an orchestrator response ends the orchestration, and
+// in which status, with which failure message.
+func Ending(res proto.Message) (status api.OrchestrationStatus, failure string, ended bool) {
+	m := res.ProtoReflect()
+	actions := m.Get(m.Descriptor().Fields().ByName("actions")).List()
+	for i := range actions.Len() {
+		a := actions.Get(i).Message()
+		fd := a.Descriptor().Fields().ByName("completeOrchestration")
+		if !a.Has(fd) {
+			continue
+		}
+		end := a.Get(fd).Message()
+		status = api.OrchestrationStatus(end.Get(end.Descriptor().Fields().ByName("orchestrationStatus")).Enum())
+		if fd := end.Descriptor().Fields().ByName("failureDetails"); end.Has(fd) {
+			failure = end.Get(fd).Message().Interface().(*backend.TaskFailureDetails).GetErrorMessage()
+		}
+		return status, failure, status != api.RUNTIME_STATUS_CONTINUED_AS_NEW
+	}
+	return 0, "", false
 }

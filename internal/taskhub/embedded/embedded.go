@@ -22,6 +22,7 @@ import (
 	"github.com/microsoft/durabletask-go/backend/sqlite"
 	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
 
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/logging"
@@ -43,14 +44,15 @@ func embeddedDSN(file string) string {
 
 // Open opens the embedded task hub in the file cfg names, creating it if
 // need be, and starts the workers that run the orchestrators and activities
-// in registry. Several processes may open the same file.
-func Open(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger) (*taskhub.Hub, error) {
-	return open(ctx, cfg, registry, log, polling{minPollInterval, maxPollInterval})
+// in registry, recording their spans with tracer (nil: none). Several
+// processes may open the same file.
+func Open(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger, tracer trace.Tracer) (*taskhub.Hub, error) {
+	return open(ctx, cfg, registry, log, tracer, polling{minPollInterval, maxPollInterval})
 }
 
 // open opens the embedded hub, its workers looking for work no wake-up
 // announced as often as every says.
-func open(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger, every polling) (*taskhub.Hub, error) {
+func open(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger, tracer trace.Tracer, every polling) (*taskhub.Hub, error) {
 	if err := os.MkdirAll(filepath.Dir(cfg.EmbeddedFile), 0o755); err != nil {
 		return nil, fmt.Errorf("creating the embedded task hub's folder (set %s to a writable folder, or configure the Durable Task Scheduler): %w", config.SettingEmbeddedDir, err)
 	}
@@ -80,7 +82,7 @@ func open(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, 
 		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
 	}
 
-	exec := taskhub.NewExecutor(task.NewTaskExecutor(registry), log, workCtx)
+	exec := taskhub.NewExecutor(task.NewTaskExecutor(registry), log, workCtx, tracer)
 	orchestrations := backend.NewOrchestrationWorker(be, exec, dtLog, backend.WithMaxParallelism(int32(cfg.MaxConcurrentOrchestrations)))
 	activities := backend.NewActivityTaskWorker(be, exec, dtLog, backend.WithMaxParallelism(int32(cfg.MaxConcurrentActivities)))
 	pollCtx, stopPolling := context.WithCancel(context.WithoutCancel(ctx))

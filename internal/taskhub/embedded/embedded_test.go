@@ -97,7 +97,7 @@ func TestCloseReturnsByItsDeadlineWhenAnActivityIgnoresItsContext(t *testing.T) 
 func TestListingPagesEndAtTheirSizeBound(t *testing.T) {
 	ctx := context.Background()
 	// No orchestrators registered: the instances stay as they were created.
-	hub, err := embedded.Open(ctx, hubConfig(filepath.Join(t.TempDir(), "x.sqlite")), task.NewTaskRegistry(), zerolog.Nop())
+	hub, err := embedded.Open(ctx, hubConfig(filepath.Join(t.TempDir(), "x.sqlite")), task.NewTaskRegistry(), zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,5 +14,5 @@ import (
 // OpenPolling opens the embedded hub as Open does, its workers
 // looking in the file for work no wake-up announced only every interval.
 func OpenPolling(ctx context.Context, cfg config.TaskHub, r *task.TaskRegistry, log zerolog.Logger, interval time.Duration) (*taskhub.Hub, error) {
-	return open(ctx, cfg, r, log, polling{interval, interval})
+	return open(ctx, cfg, r, log, nil, polling{interval, interval})
 }

@@ -53,7 +53,7 @@ func TestUnwritableFolderIsAnError(t *testing.T) {
 	blocker := filepath.Join(dir, "file")
 	os.WriteFile(blocker, nil, 0o644)
 	// A folder cannot be made under a plain file, whoever runs the test.
-	_, err := embedded.Open(context.Background(), hubConfig(filepath.Join(blocker, "hub", "x.sqlite")), registry(t), zerolog.Nop())
+	_, err := embedded.Open(context.Background(), hubConfig(filepath.Join(blocker, "hub", "x.sqlite")), registry(t), zerolog.Nop(), nil)
 	if err == nil || !strings.Contains(err.Error(), config.SettingEmbeddedDir) {
 		t.Errorf("got %v, want an error that names %s", err, config.SettingEmbeddedDir)
 	}
@@ -63,7 +63,7 @@ func TestUnopenableFileIsAnErrorNotAPanic(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "x.sqlite")
 	os.Mkdir(file, 0o755) // a folder where the file should be
-	_, err := embedded.Open(context.Background(), hubConfig(file), registry(t), zerolog.Nop())
+	_, err := embedded.Open(context.Background(), hubConfig(file), registry(t), zerolog.Nop(), nil)
 	if err == nil || !strings.Contains(err.Error(), "opening the embedded task hub") {
 		t.Errorf("got %v, want an error opening the hub", err)
 	}
@@ -73,7 +73,7 @@ func TestUnopenableFileIsAnErrorNotAPanic(t *testing.T) {
 func TestInstancesSurviveReopening(t *testing.T) {
 	ctx := context.Background()
 	cfg := hubConfig(filepath.Join(t.TempDir(), "x.sqlite"))
-	hub, err := embedded.Open(ctx, cfg, registry(t), zerolog.Nop())
+	hub, err := embedded.Open(ctx, cfg, registry(t), zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestInstancesSurviveReopening(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	hub, err = embedded.Open(ctx, cfg, registry(t), zerolog.Nop())
+	hub, err = embedded.Open(ctx, cfg, registry(t), zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func startOneItem(t *testing.T, cfg config.TaskHub, item task.Activity) (*taskhu
 	hub, err := embedded.Open(context.Background(), cfg, oneItemRegistry(t, func(actx task.ActivityContext) (any, error) {
 		started <- struct{}{}
 		return item(actx)
-	}), zerolog.Nop())
+	}), zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func startOneItem(t *testing.T, cfg config.TaskHub, item task.Activity) (*taskhu
 // hour.
 func finishesOnReopen(t *testing.T, cfg config.TaskHub, id api.InstanceID) {
 	t.Helper()
-	hub, err := embedded.Open(context.Background(), cfg, oneItemRegistry(t, func(task.ActivityContext) (any, error) { return "done", nil }), zerolog.Nop())
+	hub, err := embedded.Open(context.Background(), cfg, oneItemRegistry(t, func(task.ActivityContext) (any, error) { return "done", nil }), zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +196,7 @@ func TestCloseLetsWorkInFlightFinish(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 		return result(it.Value, 7), nil
 	})
-	hub, err := embedded.Open(ctx, cfg, slow, zerolog.Nop())
+	hub, err := embedded.Open(ctx, cfg, slow, zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func TestCloseLetsWorkInFlightFinish(t *testing.T) {
 		t.Errorf("item %s ran again", it.Value)
 		return functions.ItemResult{}, errors.New("ran again")
 	})
-	hub, err = embedded.Open(ctx, cfg, noWork, zerolog.Nop())
+	hub, err = embedded.Open(ctx, cfg, noWork, zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func TestActivitiesTakenAreNeverMoreThanTheLimit(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		return result(it.Value, 1), nil
 	})
-	hub, err := embedded.Open(ctx, cfg, slow, zerolog.Nop())
+	hub, err := embedded.Open(ctx, cfg, slow, zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

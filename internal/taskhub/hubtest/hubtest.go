@@ -35,7 +35,7 @@ func Config(file string) config.TaskHub {
 // when the test ends; a close that fails or takes over 10 s fails the test.
 func Open(t testing.TB, cfg config.TaskHub, registry *task.TaskRegistry) *taskhub.Hub {
 	t.Helper()
-	hub, err := embedded.Open(context.Background(), cfg, registry, zerolog.Nop())
+	hub, err := embedded.Open(context.Background(), cfg, registry, zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

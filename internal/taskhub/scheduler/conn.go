@@ -77,6 +77,7 @@ func dial(s *config.Scheduler, token credentials.PerRPCCredentials, md ...string
 		grpc.WithUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			return invoker(metadata.AppendToOutgoingContext(ctx, md...), method, req, reply, cc, opts...)
 		}),
+		grpc.WithChainUnaryInterceptor(withCreateTraceContext),
 		grpc.WithStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 			return streamer(metadata.AppendToOutgoingContext(ctx, md...), desc, cc, method, opts...)
 		}),
@@ -90,7 +91,8 @@ func dial(s *config.Scheduler, token credentials.PerRPCCredentials, md ...string
 	if token != nil {
 		opts = append(opts, grpc.WithPerRPCCredentials(token))
 	}
-	return grpc.Dial(s.Address, opts...)
+	// passthrough: the address as it is, as grpc.Dial took it.
+	return grpc.NewClient("passthrough:///"+s.Address, opts...)
 }
 
 // userAgent is sent as x-user-agent: gRPC reserves user-agent for itself.

@@ -13,5 +13,5 @@ import (
 // does, with the worker's executor wrapped by wrap: for tests that watch
 // what the worker runs.
 func OpenWith(cfg config.TaskHub, r *task.TaskRegistry, log zerolog.Logger, wrap func(backend.Executor) backend.Executor) (*taskhub.Hub, error) {
-	return open(cfg, wrap(task.NewTaskExecutor(r)), log)
+	return open(cfg, wrap(task.NewTaskExecutor(r)), log, nil)
 }

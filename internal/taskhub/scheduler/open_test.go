@@ -32,7 +32,7 @@ func registry(t testing.TB) *task.TaskRegistry {
 func TestOpensWhileTheSchedulerIsDown(t *testing.T) {
 	cfg := hubtest.Config("")
 	cfg.Scheduler = &config.Scheduler{Endpoint: "http://127.0.0.1:1", Host: "127.0.0.1", Address: "127.0.0.1:1", Auth: config.AuthNone}
-	hub, err := scheduler.Open(cfg, registry(t), zerolog.Nop())
+	hub, err := scheduler.Open(cfg, registry(t), zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/microsoft/durabletask-go/client"
 	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -38,15 +39,16 @@ const clientCallTimeout = 15 * time.Second
 
 // Open connects to the Durable Task Scheduler, or any durabletask gRPC
 // backend, that cfg names and starts a worker for it that runs the
-// orchestrators and activities in registry. It does not wait for the
+// orchestrators and activities in registry, recording their spans with
+// tracer (nil: none). It does not wait for the
 // scheduler: the worker keeps trying until it answers, and client calls made
 // meanwhile fail with a taskhub.UnavailableError.
-func Open(cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger) (*taskhub.Hub, error) {
-	return open(cfg, task.NewTaskExecutor(registry), log)
+func Open(cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger, tracer trace.Tracer) (*taskhub.Hub, error) {
+	return open(cfg, task.NewTaskExecutor(registry), log, tracer)
 }
 
 // open is Open with the executor the worker wraps.
-func open(cfg config.TaskHub, exec backend.Executor, log zerolog.Logger) (*taskhub.Hub, error) {
+func open(cfg config.TaskHub, exec backend.Executor, log zerolog.Logger, tracer trace.Tracer) (*taskhub.Hub, error) {
 	s := cfg.Scheduler
 	cred, err := newCredential(s)
 	if err != nil {
@@ -69,7 +71,7 @@ func open(cfg config.TaskHub, exec backend.Executor, log zerolog.Logger) (*taskh
 	}
 
 	workCtx, stopWork := context.WithCancel(context.Background())
-	w := newGRPCWorker(workerConn, taskhub.NewExecutor(exec, log, workCtx), stopWork, log.With().Str("component", "worker").Logger(), cfg)
+	w := newGRPCWorker(workerConn, taskhub.NewExecutor(exec, log, workCtx, tracer), stopWork, log.With().Str("component", "worker").Logger(), cfg)
 	w.start()
 
 	log.Info().Str("backend", "scheduler").Str("taskHub", cfg.Name).Str("endpoint", s.Endpoint).Str("authentication", string(s.Auth)).

@@ -43,6 +43,10 @@ const (
 	fieldHistoryExecutionID      protowire.Number = 2  // StreamInstanceHistoryRequest.executionId
 	fieldHistoryForWorkItem      protowire.Number = 3  // StreamInstanceHistoryRequest.forWorkItemProcessing
 	fieldHistoryChunkEvents      protowire.Number = 1  // HistoryChunk.events
+	fieldActivityTraceContext    protowire.Number = 6  // ActivityRequest.parentTraceContext
+	fieldActionTraceContext      protowire.Number = 5  // ScheduleTaskAction and CreateSubOrchestrationAction.parentTraceContext
+	fieldOrchestratorRespTrace   protowire.Number = 6  // OrchestratorResponse.orchestrationTraceContext
+	fieldCreateTraceContext      protowire.Number = 9  // CreateInstanceRequest.parentTraceContext
 
 	capabilityHistoryStreaming = 1 // WorkerCapability.WORKER_CAPABILITY_HISTORY_STREAMING
 )
@@ -287,12 +291,16 @@ func splitWorkItem(raw []byte) (proto.Message, encodedHistory, error) {
 	return item, h, nil
 }
 
-// taskScheduledEvent is the history event an activity executor runs from.
-func taskScheduledEvent(taskID int32, name string, input *wrapperspb.StringValue) *backend.HistoryEvent {
+// taskScheduledEvent is the history event an activity executor runs from;
+// parent, if not nil, is the TraceContext of the span that scheduled it.
+func taskScheduledEvent(taskID int32, name string, input *wrapperspb.StringValue, parent proto.Message) *backend.HistoryEvent {
 	e := &backend.HistoryEvent{EventId: taskID}
 	ts := fieldsOf(e).mutable("taskScheduled").set("name", name)
 	if input != nil {
 		ts.set("input", input)
+	}
+	if parent != nil {
+		ts.set("parentTraceContext", parent)
 	}
 	return e
 }

@@ -25,6 +25,7 @@ import (
 
 	"fanoutfanin/internal/config"
 	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/telemetry"
 )
 
 // Timings of the work-item stream. The first four are the official SDKs';
@@ -354,6 +355,11 @@ func (w *grpcWorker) runOrchestrator(req orchestratorRequest, history encodedHis
 	if completesOrchestration(res) {
 		w.history.forget(id)
 	}
+	if started := taskhub.ExecutionStarted(past, newEvents); started != nil {
+		if sc, ok := telemetry.Orchestration(started, string(id)); ok {
+			traceActions(res, sc, started.GetTimestamp().AsTime())
+		}
+	}
 	withToken(res, fieldOrchestratorRespToken, token)
 	if size, path := largestPayload(res); size > w.maxPayloadBytes {
 		msg := fmt.Sprintf("the orchestrator produced a %d-byte payload (%s), over the scheduler's limit of %d bytes per payload: pass less data between steps, for example with fewer items per partition or shorter items", size, path, w.maxPayloadBytes)
@@ -377,7 +383,7 @@ func (w *grpcWorker) runActivity(req activityRequest, token string) {
 	taskID := req.GetTaskId()
 	log := w.log.With().Str("instanceId", string(id)).Str("activity", req.GetName()).Int32("taskId", taskID).Logger()
 
-	outcome, err := w.exec.ExecuteActivity(w.leases, id, taskScheduledEvent(taskID, req.GetName(), req.GetInput()))
+	outcome, err := w.exec.ExecuteActivity(w.leases, id, taskScheduledEvent(taskID, req.GetName(), req.GetInput(), activityParent(req)))
 	if err != nil {
 		// Stopped by shutdown: hand it back rather than record a failure.
 		log.Info().Err(err).Msg("activity not finished; handing it back")

@@ -1,0 +1,245 @@
+package e2e
+
+// End-to-end tests of tracing: a fan-out is one trace in a real Jaeger.
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"fanoutfanin/internal/servers"
+)
+
+var jaeger struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+// startJaeger starts a Jaeger of its own for the test, building it once
+// for the test binary (minutes, the first time on a machine).
+func startJaeger(t *testing.T) *servers.Jaeger {
+	t.Helper()
+	jaeger.once.Do(func() { jaeger.bin, jaeger.err = servers.BuildJaeger() })
+	if jaeger.err != nil {
+		t.Fatal(jaeger.err)
+	}
+	j, err := servers.StartJaeger(jaeger.bin, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(j.Stop)
+	return j
+}
+
+// tracingSettings send the handler's spans to j over OTLP/HTTP, or over
+// OTLP/gRPC, soon after they end.
+func tracingSettings(j *servers.Jaeger, grpc bool) []string {
+	endpoint, protocol := j.OTLPHTTP, "http/protobuf"
+	if grpc {
+		endpoint, protocol = j.OTLPGRPC, "grpc"
+	}
+	return []string{
+		"OTEL_EXPORTER_OTLP_ENDPOINT", endpoint,
+		"OTEL_EXPORTER_OTLP_PROTOCOL", protocol,
+		"OTEL_SERVICE_NAME", "fanout-e2e",
+		"OTEL_BSP_SCHEDULE_DELAY", "100",
+	}
+}
+
+// waitForTrace polls j for trace id until done says its spans are all
+// there.
+func waitForTrace(t *testing.T, j *servers.Jaeger, id string, done func([]servers.Span) bool) []servers.Span {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		spans, err := j.Trace(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if done(spans) {
+			return spans
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("trace %s in Jaeger after 30 s:\n%s", id, describe(spans))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func named(spans []servers.Span, name string) []servers.Span {
+	var out []servers.Span
+	for _, s := range spans {
+		if s.OperationName == name {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func describe(spans []servers.Span) string {
+	var lines []string
+	for _, s := range spans {
+		id, _ := s.Tag("durabletask.task.instance_id")
+		lines = append(lines, fmt.Sprintf("  %s %s (parent %s) %v", s.SpanID, s.OperationName, s.Parent(), id))
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+// A fan-out started with a traceparent is one trace: the start, the
+// orchestration, its partitions, each attempt at each item (a retried item
+// twice, its failed attempt marked as an error), each linked to its
+// parent; and the lines an activity logs carry the trace's id.
+// On the scheduler path, the trace context travels in the protocol's fields,
+// which the conformance server relays as the scheduler does (the upstream
+// v0.6.0 sidecar drops them); there the spans go over OTLP/gRPC.
+func TestFanOutIsOneTrace(t *testing.T) {
+	for _, b := range lifecycleBackends {
+		if b.name == "sidecar" {
+			continue
+		}
+		t.Run(b.name, func(t *testing.T) { testFanOutIsOneTrace(t, b.settings, b.name != "embedded") })
+	}
+}
+
+func testFanOutIsOneTrace(t *testing.T, backend func(t *testing.T, root string, extra ...string) map[string]string, grpc bool) {
+	j := startJaeger(t)
+	root := newAppRoot(t, nil)
+	settings := backend(t, root, append(tracingSettings(j, grpc),
+		"FANOUT_PARTITION_SIZE", "3",
+		"FANOUT_FAIL_ITEMS", "flaky-.*", "FANOUT_FAIL_ATTEMPTS", "1", "FANOUT_ITEM_RETRY_DELAY", "10ms")...)
+	p := startHandler(t, root, settings)
+	p.waitReady(t)
+
+	traceID, caller := randomHex(16), randomHex(8)
+	code, _, body := p.forwardWith(t, "POST", "/api/fan_out_fan_in", `{"workItems":["a","b","flaky-c","d","e"]}`,
+		map[string]string{"traceparent": "00-" + traceID + "-" + caller + "-01"})
+	if code != 202 {
+		t.Fatalf("start: %d %v", code, body)
+	}
+	id := body["id"].(string)
+	pollStatus(t, p, id, "Completed")
+
+	const orchestrator, partition = "orchestration:fan_out_fan_in_orchestrator", "orchestration:fan_out_fan_in_partition"
+	spans := waitForTrace(t, j, traceID, func(s []servers.Span) bool {
+		return len(named(s, orchestrator)) == 1 && len(named(s, partition)) == 2 && len(named(s, "activity:process_work_item")) >= 6
+	})
+	byID := map[string]servers.Span{}
+	for _, s := range spans {
+		byID[s.SpanID] = s
+	}
+	check := func(what string, s servers.Span, parent string) {
+		t.Helper()
+		if s.Parent() != parent {
+			t.Errorf("%s: parent %s (%s), want %s (%s)", what, s.Parent(), byID[s.Parent()].OperationName, parent, byID[parent].OperationName)
+		}
+	}
+
+	creates := named(spans, "create_orchestration:fan_out_fan_in_orchestrator")
+	if len(creates) != 1 {
+		t.Fatalf("create_orchestration spans: %d, want 1; the trace:\n%s", len(creates), describe(spans))
+	}
+	check("create_orchestration", creates[0], caller)
+	orch := named(spans, orchestrator)[0]
+	check(orchestrator, orch, creates[0].SpanID)
+	if v, _ := orch.Tag("durabletask.task.instance_id"); v != id {
+		t.Errorf("%s: instance id %v, want %s", orchestrator, v, id)
+	}
+	if v, _ := orch.Tag("durabletask.task.status"); v != "Completed" {
+		t.Errorf("%s: status %v, want Completed", orchestrator, v)
+	}
+	partitions := map[string]bool{}
+	for _, s := range named(spans, partition) {
+		check(partition, s, orch.SpanID)
+		partitions[s.SpanID] = true
+	}
+
+	attempts := map[float64][]servers.Span{}
+	for _, s := range named(spans, "activity:process_work_item") {
+		if !partitions[s.Parent()] {
+			t.Errorf("process_work_item span %s: parent %s (%s), want a partition's", s.SpanID, s.Parent(), byID[s.Parent()].OperationName)
+		}
+		index, ok := s.Tag("fanout.item.index")
+		if !ok {
+			t.Errorf("process_work_item span %s has no fanout.item.index", s.SpanID)
+		}
+		for _, key := range []string{"durabletask.type", "durabletask.task.name", "durabletask.task.instance_id", "durabletask.task.task_id"} {
+			if _, ok := s.Tag(key); !ok {
+				t.Errorf("process_work_item span %s has no %s", s.SpanID, key)
+			}
+		}
+		i, _ := index.(float64)
+		attempts[i] = append(attempts[i], s)
+	}
+	for i := range 5 {
+		want := 1
+		if i == 2 { // flaky-c fails its first attempt
+			want = 2
+		}
+		if got := len(attempts[float64(i)]); got != want {
+			t.Errorf("item %d: %d process_work_item spans, want %d", i, got, want)
+		}
+	}
+	failed := 0
+	for _, s := range attempts[2] {
+		if v, _ := s.Tag("otel.status_code"); v == "ERROR" {
+			failed++
+		}
+	}
+	if failed != 1 {
+		t.Errorf("item 2's attempts: %d marked as errors, want 1:\n%s", failed, describe(attempts[2]))
+	}
+	for _, s := range named(spans, "activity:aggregate_results") {
+		if s.Parent() != orch.SpanID && !partitions[s.Parent()] {
+			t.Errorf("aggregate_results span %s: parent %s, want an orchestration's", s.SpanID, s.Parent())
+		}
+	}
+
+	logged := 0
+	for _, l := range logLines(t, p.stdout.String()) {
+		if l["message"] == "processed work item" {
+			logged++
+			if l["traceId"] != traceID || byID[fmt.Sprint(l["spanId"])].OperationName != "activity:process_work_item" {
+				t.Errorf("an activity's log line names trace %v, span %v; want %s and its process_work_item span", l["traceId"], l["spanId"], traceID)
+			}
+		}
+	}
+	if logged == 0 {
+		t.Error("no activity logged a line")
+	}
+}
+
+// In payload mode the caller's traceparent comes among the invocation's
+// headers; it is the parent of the start's span all the same, and the
+// function's log lines, which the reply carries, name the trace.
+func TestPayloadModeStartJoinsTheCallersTrace(t *testing.T) {
+	j := startJaeger(t)
+	root := newAppRoot(t, nil)
+	p := startHandler(t, root, embedded(t, root, tracingSettings(j, false)...))
+	p.waitReady(t)
+	traceID, caller := randomHex(16), randomHex(8)
+	res, logs := p.invokeWith(t, "fan_out_fan_in", "POST", "http://localhost:7071/api/fan_out_fan_in", `{"workItems":["a"]}`, nil,
+		map[string]string{"traceparent": "00-" + traceID + "-" + caller + "-01"})
+	if res["statusCode"] != 202.0 {
+		t.Fatalf("start in payload mode: %v", res)
+	}
+	spans := waitForTrace(t, j, traceID, func(s []servers.Span) bool {
+		return len(named(s, "orchestration:fan_out_fan_in_orchestrator")) == 1
+	})
+	creates := named(spans, "create_orchestration:fan_out_fan_in_orchestrator")
+	if len(creates) != 1 || creates[0].Parent() != caller {
+		t.Fatalf("create_orchestration spans: want one, child of %s:\n%s", caller, describe(spans))
+	}
+	named := false
+	for _, l := range logs {
+		named = named || strings.Contains(l, traceID)
+	}
+	if !named {
+		t.Errorf("no log line in the reply names trace %s: %q", traceID, logs)
+	}
+}
