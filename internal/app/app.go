@@ -117,7 +117,7 @@ func shutdown(srv *http.Server, a *App, grace time.Duration, log zerolog.Logger)
 		srv.Close()
 	}
 	if err := a.Close(ctx); err != nil {
-		log.Warn().Err(err).Msg("closing the task hub")
+		log.Warn().Err(err).Msg("stopping the task hub and exporting the last spans")
 	}
 }
 
@@ -165,7 +165,7 @@ func Open(ctx context.Context, cfg config.Config, fanouts []functions.Registrati
 	if err != nil {
 		return nil, err
 	}
-	tracing, err := telemetry.Open(ctx, cfg.Telemetry)
+	tracing, err := telemetry.Open(ctx, cfg.Telemetry, log)
 	if err != nil {
 		return nil, err
 	}

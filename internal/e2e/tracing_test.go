@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -212,6 +213,11 @@ func testFanOutIsOneTrace(t *testing.T, backend func(t *testing.T, root string, 
 	if logged == 0 {
 		t.Error("no activity logged a line")
 	}
+	for _, line := range strings.Split(p.stdout.String(), "\n") {
+		if strings.Count(line, `"traceId"`) > 1 || strings.Count(line, `"spanId"`) > 1 {
+			t.Errorf("a log line names its trace twice: %s", line)
+		}
+	}
 }
 
 // In payload mode the caller's traceparent comes among the invocation's
@@ -241,5 +247,40 @@ func TestPayloadModeStartJoinsTheCallersTrace(t *testing.T) {
 	}
 	if !named {
 		t.Errorf("no log line in the reply names trace %s: %q", traceID, logs)
+	}
+}
+
+// A collector that cannot be reached neither fails a fan-out nor holds up
+// the handler's stop past its grace period: spans that cannot be sent are
+// dropped, with a warning in the handler's log (not on stderr, which the
+// SDK would write to).
+func TestUnreachableCollectorNeitherFailsNorHoldsUpTheStop(t *testing.T) {
+	const grace = 2 * time.Second
+	root := newAppRoot(t, nil)
+	closed := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	p := startHandler(t, root, embedded(t, root,
+		"OTEL_EXPORTER_OTLP_ENDPOINT", closed, "OTEL_BSP_SCHEDULE_DELAY", "100",
+		"FANOUT_SHUTDOWN_GRACE", grace.String()))
+	p.waitReady(t)
+	code, _, body := p.forwardWith(t, "POST", "/api/fan_out_fan_in", `{"workItems":["a","b","c"]}`,
+		map[string]string{"traceparent": "00-" + randomHex(16) + "-" + randomHex(8) + "-01"})
+	if code != 202 {
+		t.Fatalf("start: %d %v", code, body)
+	}
+	checkSummary(t, pollStatus(t, p, body["id"].(string), "Completed"), []string{"a", "b", "c"})
+
+	begin := time.Now()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.waitExit(t, 15*time.Second); err != nil {
+		t.Errorf("exit after SIGTERM: %v, want a clean exit", err)
+	}
+	if elapsed := time.Since(begin); elapsed > grace+time.Second {
+		t.Errorf("exited %s after SIGTERM; want within the grace period of %s", elapsed, grace)
+	}
+	if n := countLogs(t, p, "tracing: spans could not be exported; the work goes on without them"); n != 1 {
+		t.Errorf("the spans not exported were reported %d times, want once (at most once a minute)", n)
+	}
+	if s := p.stderr.String(); s != "" {
+		t.Errorf("stderr: %s", s)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/microsoft/durabletask-go/api"
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"fanoutfanin/internal/taskhub"
 	"fanoutfanin/internal/telemetry"
@@ -131,6 +132,7 @@ func (c *Client) start(ctx context.Context, k *kind, plan Plan) (Started, error)
 	n := max(plan.Count, plan.Total, len(plan.Items))
 	// The backend carries the span's context into the instance, whose
 	// spans are its children.
+	caller := trace.SpanContextFromContext(ctx)
 	ctx, span := telemetry.CreateOrchestration(ctx, c.e.opts.Tracer, k.Orchestrator)
 	defer span.End()
 	id, err := c.hub.ScheduleNewOrchestration(ctx, k.Orchestrator, api.WithInput(plan))
@@ -153,12 +155,12 @@ func (c *Client) start(ctx context.Context, k *kind, plan Plan) (Started, error)
 		}
 	}
 	s := Started{ID: string(id), Items: n, Parts: max(1, len(chunks))}
-	log := zerolog.Ctx(ctx).With()
-	if sc := span.SpanContext(); sc.IsValid() {
-		log = log.Str("traceId", sc.TraceID().String()).Str("spanId", sc.SpanID().String())
+	line := zerolog.Ctx(ctx).Info()
+	if sc := span.SpanContext(); sc.IsValid() && !caller.IsValid() {
+		// A new trace: the request's lines name none.
+		line = line.Str("traceId", sc.TraceID().String()).Str("spanId", sc.SpanID().String())
 	}
-	l := log.Logger()
-	l.Info().Str("instanceId", s.ID).Int("items", n).Int("parts", s.Parts).Msg("started orchestration")
+	line.Str("instanceId", s.ID).Int("items", n).Int("parts", s.Parts).Msg("started orchestration")
 	return s, nil
 }
 

@@ -11,7 +11,10 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
+	"time"
 
+	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -42,7 +45,7 @@ func Off() *Tracing { return &Tracing{Tracer: noop.NewTracerProvider().Tracer(Sc
 // where instrumentation in user code (an otelhttp client in a fan-out's
 // work) finds them; durabletask-go's own spans, whose names differ from the
 // schema above, stay off.
-func Open(ctx context.Context, cfg config.Telemetry) (*Tracing, error) {
+func Open(ctx context.Context, cfg config.Telemetry, log zerolog.Logger) (*Tracing, error) {
 	if !cfg.Enabled() {
 		return Off(), nil
 	}
@@ -68,6 +71,7 @@ func Open(ctx context.Context, cfg config.Telemetry) (*Tracing, error) {
 		sdktrace.WithResource(res),
 		sdktrace.WithIDGenerator(idGenerator{}),
 	)
+	otel.SetErrorHandler(&errorLog{log: log})
 	otel.SetTracerProvider(withoutLibrarySpans{provider})
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
 	return &Tracing{Tracer: provider.Tracer(Scope), provider: provider}, nil
@@ -95,4 +99,27 @@ func (w withoutLibrarySpans) Tracer(name string, opts ...trace.TracerOption) tra
 		return noop.NewTracerProvider().Tracer(name)
 	}
 	return w.TracerProvider.Tracer(name, opts...)
+}
+
+// errorLog logs the SDK's errors (a collector that cannot be reached, say)
+// as warnings, at most one a minute, with how many were left out; the SDK
+// would write each to stderr.
+type errorLog struct {
+	log     zerolog.Logger
+	mu      sync.Mutex
+	last    time.Time
+	skipped int
+}
+
+const errorLogEvery = time.Minute
+
+func (e *errorLog) Handle(err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if time.Since(e.last) < errorLogEvery {
+		e.skipped++
+		return
+	}
+	e.log.Warn().Err(err).Int("alikeLeftOut", e.skipped).Msg("tracing: spans could not be exported; the work goes on without them")
+	e.last, e.skipped = time.Now(), 0
 }
