@@ -31,15 +31,19 @@ type summary struct {
 	Success             bool `json:"success"`
 }
 
-// startFanOut posts {"count": n} and returns the new instance and how long
-// the request took, from sending it to having read the whole answer.
-func startFanOut(ctx context.Context, client *http.Client, h *handler, n int) (started, time.Duration, error) {
+// startFanOut posts {"count": n}, with a traceparent if not "", and returns
+// the new instance and how long the request took, from sending it to having
+// read the whole answer.
+func startFanOut(ctx context.Context, client *http.Client, h *handler, n int, traceparent string) (started, time.Duration, error) {
 	body := fmt.Appendf(nil, `{"count": %d}`, n)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.baseURL+"/api/fan_out_fan_in", bytes.NewReader(body))
 	if err != nil {
 		return started{}, 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if traceparent != "" {
+		req.Header.Set("traceparent", traceparent)
+	}
 	begin := time.Now()
 	res, err := client.Do(req)
 	if err != nil {

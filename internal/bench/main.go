@@ -9,8 +9,9 @@
 // latency of 500 small starts from 50 concurrent clients; the same job on
 // durabletask-go's SQLite backend with its defaults, for comparison; 10,000
 // items over gRPC on the sidecar (other counts and a partition size with
-// -grpc-items and -grpc-partition-size); and, with -partition-sizes, 100,000
-// items per FANOUT_PARTITION_SIZE.
+// -grpc-items and -grpc-partition-size); 10,000 items with tracing off and
+// on, exporting to a local Jaeger; and, with -partition-sizes, 100,000 items
+// per FANOUT_PARTITION_SIZE.
 package main
 
 import (
@@ -42,7 +43,9 @@ const (
 )
 
 // measurementNames are what -only selects from.
-func measurementNames() []string { return []string{"fanout", "latency", "baseline", "grpc"} }
+func measurementNames() []string {
+	return []string{"fanout", "latency", "baseline", "grpc", "tracing"}
+}
 
 type options struct {
 	million        bool
@@ -214,6 +217,13 @@ func (b *bench) measureAll(ctx context.Context) (results, error) {
 		}
 		progress("  %s, %s activities/s, handler CPU %s an activity", seconds(g.wall), thousands(int(g.perSecond())), micros(g.cpuPerItem()))
 		res.grpc = append(res.grpc, g)
+	}
+	if b.opts.runs("tracing") {
+		t, err := b.tracingCost(ctx)
+		if err != nil {
+			return res, fmt.Errorf("the cost of tracing: %w", err)
+		}
+		res.tracing = &t
 	}
 	for _, size := range b.opts.partitionSizes {
 		progress("embedded fan-out of %s items, FANOUT_PARTITION_SIZE=%d", thousands(partitionItems), size)

@@ -45,6 +45,7 @@ type fanOutResult struct {
 	peakRSS    int64    // handler's, bytes
 	handlerCPU cpuUsage // during the fan-out
 	sidecarCPU cpuUsage // during the fan-out; gRPC path only
+	cpuBefore  cpuUsage // the handler's, just before the start
 }
 
 // perSecond is activities a second, 0 for a run that did not happen.
@@ -103,20 +104,22 @@ func (b *bench) fanOutWith(ctx context.Context, settings map[string]string, sc *
 		return fanOutResult{}, err
 	}
 	defer b.stopHandler(h)
-	r, err := b.timedFanOut(ctx, h, sc, n)
+	r, err := b.timedFanOut(ctx, h, sc, n, "")
 	r.partition = partition
 	return r, err
 }
 
-// timedFanOut starts a fan-out of n items on h and waits for it to
-// complete, timing it from just before the start request, and reads the
-// handler's (and sidecar's, if any) CPU time around it and its peak RSS.
-func (b *bench) timedFanOut(ctx context.Context, h *handler, sc *servers.Process, n int) (fanOutResult, error) {
+// timedFanOut starts a fan-out of n items on h (with traceparent, if not
+// "") and waits for it to complete, timing it from just before the start
+// request, and reads the handler's (and sidecar's, if any) CPU time around
+// it and its peak RSS.
+func (b *bench) timedFanOut(ctx context.Context, h *handler, sc *servers.Process, n int, traceparent string) (fanOutResult, error) {
 	r := fanOutResult{items: n}
 	h0, err := cpuTime(h.pid(), b.clkTck)
 	if err != nil {
 		return r, err
 	}
+	r.cpuBefore = h0
 	var s0 cpuUsage
 	if sc != nil {
 		if s0, err = cpuTime(sc.Pid(), b.clkTck); err != nil {
@@ -124,7 +127,7 @@ func (b *bench) timedFanOut(ctx context.Context, h *handler, sc *servers.Process
 		}
 	}
 	begin := time.Now()
-	s, _, err := startFanOut(ctx, b.client, h, n)
+	s, _, err := startFanOut(ctx, b.client, h, n, traceparent)
 	if err != nil {
 		return r, err
 	}
@@ -208,7 +211,7 @@ func (b *bench) concurrentStarts(ctx context.Context, h *handler, n, clients, it
 	for range clients {
 		wg.Go(func() {
 			for i := range next {
-				s, took, err := startFanOut(ctx, b.client, h, items)
+				s, took, err := startFanOut(ctx, b.client, h, items, "")
 				if err != nil {
 					cancel(err)
 					return

@@ -30,6 +30,7 @@ type results struct {
 	baseline   time.Duration  // library defaults, baselineItems items
 	grpc       []fanOutResult // scheduler path, on the sidecar
 	partitions []fanOutResult // embedded, 100,000 items per FANOUT_PARTITION_SIZE
+	tracing    *tracingResult
 	total      time.Duration  // the whole run
 }
 
@@ -161,6 +162,24 @@ func render(m machine, r results, opts options) string {
 			rows = append(rows, []string{thousands(g.items), partition, seconds(g.wall), thousands(int(g.perSecond())), cpu(g.handlerCPU), micros(g.cpuPerItem()), cpu(g.sidecarCPU), megabytes(g.peakRSS)})
 		}
 		table(&w, []string{"Items", "FANOUT_PARTITION_SIZE", "Wall time", "Activities/s", "Handler CPU (user + sys)", "Handler CPU / activity", "Sidecar CPU (user + sys)", "Handler peak RSS"}, rows)
+	}
+
+	if t := r.tracing; t != nil {
+		w.WriteString("## The cost of tracing\n\n")
+		fmt.Fprintf(&w, "%s items on the embedded task hub, with tracing off and on in turn, %d times each, each in a fresh\n"+
+			"handler. On, the handler exports every span over OTLP/HTTP to a local Jaeger (v1.75.0, in memory) with\n"+
+			"`OTEL_BSP_MAX_QUEUE_SIZE=1000000`, so that none is dropped; a traced run lasts until Jaeger holds all\n"+
+			"its spans, and its CPU counts the export. Off is the default: no endpoint set.\n\n", thousands(tracingItems), tracingRounds)
+		rows := [][]string{}
+		for i := range t.off {
+			off, on := t.off[i], t.on[i]
+			rows = append(rows,
+				[]string{fmt.Sprintf("off, round %d", i+1), seconds(off.wall), seconds(off.handlerCPU.total()), micros(off.cpuPerItem()), "—"},
+				[]string{fmt.Sprintf("on, round %d", i+1), seconds(on.wall), seconds(on.handlerCPU.total()), micros(on.cpuPerItem()), thousands(t.spans[i])})
+		}
+		table(&w, []string{"Tracing", "Wall time to Completed", "Handler CPU", "Handler CPU / item", "Spans in Jaeger"}, rows)
+		fmt.Fprintf(&w, "On average, tracing on adds %s of handler CPU per item (%+.0f%%) and %+.0f%% of wall time.\n\n",
+			micros(t.extraCPUPerItem()), t.extraCPUPercent(), t.extraWallPercent())
 	}
 
 	if len(r.partitions) > 0 {
