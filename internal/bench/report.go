@@ -31,7 +31,7 @@ type results struct {
 	grpc       []fanOutResult // scheduler path, on the sidecar
 	partitions []fanOutResult // embedded, 100,000 items per FANOUT_PARTITION_SIZE
 	tracing    *tracingResult
-	total      time.Duration  // the whole run
+	total      time.Duration // the whole run
 }
 
 // fanOut returns the embedded result for n items, if measured.

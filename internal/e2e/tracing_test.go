@@ -284,3 +284,93 @@ func TestUnreachableCollectorNeitherFailsNorHoldsUpTheStop(t *testing.T) {
 		t.Errorf("stderr: %s", s)
 	}
 }
+
+// Spans still buffered when the handler is stopped are sent before it
+// exits: with a batch delay of a minute, only the stop's flush can have
+// sent them.
+func TestStopSendsTheSpansStillBuffered(t *testing.T) {
+	j := startJaeger(t)
+	root := newAppRoot(t, nil)
+	settings := embedded(t, root, append(tracingSettings(j, false), "OTEL_BSP_SCHEDULE_DELAY", "60000")...)
+	p := startHandler(t, root, settings)
+	p.waitReady(t)
+	traceID := randomHex(16)
+	code, _, body := p.forwardWith(t, "POST", "/api/fan_out_fan_in", `{"workItems":["a","b"]}`,
+		map[string]string{"traceparent": "00-" + traceID + "-" + randomHex(8) + "-01"})
+	if code != 202 {
+		t.Fatalf("start: %d %v", code, body)
+	}
+	pollStatus(t, p, body["id"].(string), "Completed")
+	if spans, err := j.Trace(context.Background(), traceID); err != nil || len(spans) != 0 {
+		t.Fatalf("before the stop Jaeger holds %d spans (%v); with a batch delay of a minute, want none yet", len(spans), err)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if err := p.waitExit(t, 15*time.Second); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	waitForTrace(t, j, traceID, func(s []servers.Span) bool {
+		return len(named(s, "orchestration:fan_out_fan_in_orchestrator")) == 1 && len(named(s, "activity:process_work_item")) == 2
+	})
+}
+
+// A fan-out whose handler is killed mid-run and started again is still one
+// trace: the new process names the same orchestration and partition spans
+// as the parents of the items it runs, since their ids are derived, not
+// kept in a process.
+func TestTraceSurvivesAKill(t *testing.T) {
+	j := startJaeger(t)
+	root := newAppRoot(t, nil)
+	settings := embedded(t, root, append(tracingSettings(j, false),
+		"FANOUT_WORK_MIN_DELAY", "200ms", "FANOUT_WORK_MAX_DELAY", "200ms",
+		"FANOUT_PARTITION_SIZE", "3", "FANOUT_EMBEDDED_LOCK_TIMEOUT", "1s")...)
+	p := startHandler(t, root, settings)
+	p.waitReady(t)
+	traceID := randomHex(16)
+	code, _, body := p.forwardWith(t, "POST", "/api/fan_out_fan_in", `{"workItems":["a","b","c","d","e","f"],"maxParallelism":2}`,
+		map[string]string{"traceparent": "00-" + traceID + "-" + randomHex(8) + "-01"})
+	if code != 202 {
+		t.Fatalf("start: %d %v", code, body)
+	}
+	id := body["id"].(string)
+	waitLog(t, p, "processed work item", 2, 30*time.Second)
+	time.Sleep(300 * time.Millisecond) // the first spans exported
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.waitExit(t, 15*time.Second)
+
+	again := startHandler(t, root, settings)
+	again.waitReady(t)
+	pollStatus(t, again, id, "Completed")
+	spans := waitForTrace(t, j, traceID, func(s []servers.Span) bool {
+		return len(named(s, "orchestration:fan_out_fan_in_orchestrator")) == 1 && len(named(s, "orchestration:fan_out_fan_in_partition")) == 2
+	})
+	orch := named(spans, "orchestration:fan_out_fan_in_orchestrator")[0]
+	partitions := map[string]bool{}
+	for _, s := range named(spans, "orchestration:fan_out_fan_in_partition") {
+		partitions[s.SpanID] = true
+		if s.Parent() != orch.SpanID {
+			t.Errorf("partition span %s: parent %s, want the orchestration's %s", s.SpanID, s.Parent(), orch.SpanID)
+		}
+	}
+	traced := map[float64]bool{}
+	for _, s := range named(spans, "activity:process_work_item") {
+		if !partitions[s.Parent()] {
+			t.Errorf("process_work_item span %s: parent %s, want a partition's:\n%s", s.SpanID, s.Parent(), describe(spans))
+		}
+		i, _ := s.Tag("fanout.item.index")
+		traced[i.(float64)] = true
+	}
+	// What the killed process had not yet sent is lost with it; what the
+	// new one ran is in the trace.
+	ran := 0
+	for _, l := range logLines(t, again.stdout.String()) {
+		if l["message"] == "processed work item" {
+			ran++
+			if !traced[l["index"].(float64)] {
+				t.Errorf("item %v, run after the restart, has no span:\n%s", l["index"], describe(spans))
+			}
+		}
+	}
+	if ran == 0 {
+		t.Error("the handler started again ran no item")
+	}
+}

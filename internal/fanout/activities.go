@@ -100,7 +100,9 @@ func (f *runner[I, R, S]) work(actx task.ActivityContext) (any, error) {
 		return nil, fmt.Errorf("reading work item %d: %w", index, err)
 	}
 	item.Log = taskhub.ActivityLog(actx.Context()).With().Int("index", index).Logger()
-	trace.SpanFromContext(actx.Context()).SetAttributes(telemetry.ItemIndex(index), telemetry.ItemAttempt(max(in.Attempt, 1)))
+	if span := trace.SpanFromContext(actx.Context()); span.IsRecording() {
+		span.SetAttributes(telemetry.ItemIndex(index), telemetry.ItemAttempt(max(in.Attempt, 1)))
+	}
 
 	ctx, cancel := context.WithTimeout(actx.Context(), f.opts.ItemTimeout)
 	defer cancel()

@@ -64,13 +64,20 @@ func (x Executor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, ol
 		if output, ok := terminatedWith(old, new); ok {
 			EndOrchestration(res.Response, api.RUNTIME_STATUS_TERMINATED, output, nil)
 		}
-		if status, failure, ended := Ending(res.Response); ended {
-			if started := ExecutionStarted(old, new); started != nil {
-				telemetry.RecordOrchestration(x.tracer, started, string(id), status, failure)
-			}
+		if telemetry.Records(x.tracer) {
+			x.recordEnd(res, id, old, new)
 		}
 	}
 	return res, err
+}
+
+// recordEnd records the orchestration's span if this step ends it.
+func (x Executor) recordEnd(res *backend.ExecutionResults, id api.InstanceID, old, new []*backend.HistoryEvent) {
+	if status, failure, ended := Ending(res.Response); ended {
+		if started := ExecutionStarted(old, new); started != nil {
+			telemetry.RecordOrchestration(x.tracer, started, string(id), status, failure)
+		}
+	}
 }
 
 // ExecutionStarted is the ExecutionStarted event among an instance's

@@ -84,6 +84,9 @@ func RecordOrchestration(tr trace.Tracer, started *backend.HistoryEvent, id stri
 // orchestration's span; none if the orchestration is not traced.
 func StartActivity(ctx context.Context, tr trace.Tracer, scheduled *backend.HistoryEvent, id string) (context.Context, trace.Span) {
 	ts := scheduled.GetTaskScheduled()
+	if !Records(tr) || ts.GetParentTraceContext() == nil {
+		return ctx, trace.SpanFromContext(context.Background()) // a no-op span
+	}
 	parent, ok := ParseTraceParent(ts.GetParentTraceContext().GetTraceParent(), ts.GetParentTraceContext().GetTraceState().GetValue())
 	if !ok || !parent.IsSampled() {
 		return ctx, trace.SpanFromContext(context.Background()) // a no-op span

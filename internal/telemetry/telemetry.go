@@ -61,20 +61,32 @@ func Open(ctx context.Context, cfg config.Telemetry, log zerolog.Logger) (*Traci
 	if err != nil {
 		return nil, fmt.Errorf("OpenTelemetry: creating the %s trace exporter: %w", cfg.Protocol, err)
 	}
-	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(semconv.ServiceName(cfg.ServiceName)))
+	t, err := exportingTo(sdktrace.WithBatcher(exp), cfg.ServiceName)
+	if err != nil {
+		return nil, err
+	}
+	otel.SetErrorHandler(&errorLog{log: log})
+	otel.SetTracerProvider(withoutLibrarySpans{t.provider})
+	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	return t, nil
+}
+
+// exportingTo is tracing whose spans go to processor. The sampler comes
+// from OTEL_TRACES_SAMPLER; the batching, for a batcher, from OTEL_BSP_*.
+func exportingTo(processor sdktrace.TracerProviderOption, service string) (*Tracing, error) {
+	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(semconv.ServiceName(service)))
 	if err != nil {
 		return nil, fmt.Errorf("OpenTelemetry: %w", err)
 	}
-	// The sampler comes from OTEL_TRACES_SAMPLER; batching from OTEL_BSP_*.
-	provider := sdktrace.NewTracerProvider(
-		sdktrace.WithBatcher(exp),
-		sdktrace.WithResource(res),
-		sdktrace.WithIDGenerator(idGenerator{}),
-	)
-	otel.SetErrorHandler(&errorLog{log: log})
-	otel.SetTracerProvider(withoutLibrarySpans{provider})
-	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	provider := sdktrace.NewTracerProvider(processor, sdktrace.WithResource(res), sdktrace.WithIDGenerator(idGenerator{}))
 	return &Tracing{Tracer: provider.Tracer(Scope), provider: provider}, nil
+}
+
+// Records says whether tr records spans: false for the tracer of tracing
+// that is off, which callers skip the work of spans for.
+func Records(tr trace.Tracer) bool {
+	_, off := tr.(noop.Tracer)
+	return !off
 }
 
 // Recording says whether spans are recorded and exported.
