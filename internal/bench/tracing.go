@@ -108,7 +108,7 @@ func (b *bench) tracedFanOut(ctx context.Context, j *servers.Jaeger) (fanOutResu
 	}
 	r.handlerCPU = c.minus(r.cpuBefore)
 	if spans < tracingItems {
-		return r, spans, fmt.Errorf("Jaeger holds %d spans of a traced fan-out of %d items", spans, tracingItems)
+		return r, spans, fmt.Errorf("a traced fan-out of %d items: Jaeger holds %d spans", tracingItems, spans)
 	}
 	return r, spans, nil
 }

@@ -203,6 +203,11 @@ func testFanOutIsOneTrace(t *testing.T, backend func(t *testing.T, root string, 
 
 	logged := 0
 	for _, l := range logLines(t, p.stdout.String()) {
+		if l["message"] == "fanning out" || l["message"] == "fan-in complete" {
+			if l["traceId"] != traceID || l["spanId"] != orch.SpanID {
+				t.Errorf("the orchestrator's line %q names trace %v, span %v; want %s and its span %s", l["message"], l["traceId"], l["spanId"], traceID, orch.SpanID)
+			}
+		}
 		if l["message"] == "processed work item" {
 			logged++
 			if l["traceId"] != traceID || byID[fmt.Sprint(l["spanId"])].OperationName != "activity:process_work_item" {

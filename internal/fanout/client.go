@@ -135,6 +135,10 @@ func (c *Client) start(ctx context.Context, k *kind, plan Plan) (Started, error)
 	caller := trace.SpanContextFromContext(ctx)
 	ctx, span := telemetry.CreateOrchestration(ctx, c.e.opts.Tracer, k.Orchestrator)
 	defer span.End()
+	plan.Trace = ""
+	if span.IsRecording() {
+		plan.Trace = telemetry.TraceParent(span.SpanContext())
+	}
 	id, err := c.hub.ScheduleNewOrchestration(ctx, k.Orchestrator, api.WithInput(plan))
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/microsoft/durabletask-go/task"
+
+	"fanoutfanin/internal/telemetry"
 )
 
 // Orchestrators are replayed from their history, so everything here must be
@@ -115,11 +117,15 @@ func output(summary json.RawMessage, r record) json.RawMessage {
 
 // orchestrate is the fan-out's orchestrator.
 func (f *runner[I, R, S]) orchestrate(ctx *task.OrchestrationContext) (any, error) {
-	log := f.opts.Log.With().Str("instanceId", string(ctx.ID)).Logger()
 	plan, err := readPlan(ctx)
 	if err != nil {
 		return nil, err
 	}
+	logCtx := f.opts.Log.With().Str("instanceId", string(ctx.ID))
+	if sc, ok := telemetry.ParseTraceParent(plan.Trace, ""); ok {
+		logCtx = logCtx.Str("traceId", sc.TraceID().String()).Str("spanId", telemetry.OrchestrationSpanID(sc.TraceID(), string(ctx.ID)).String())
+	}
+	log := logCtx.Logger()
 	work, err := f.items(ctx, plan)
 	if err != nil {
 		return nil, err

@@ -54,6 +54,9 @@ type Plan struct {
 	StepBytes int `json:"stepBytes,omitempty"`
 	// Retry is how failed items are tried again; nil means DefaultRetry.
 	Retry *RetryPolicy `json:"retry,omitempty"`
+	// Trace is the traceparent of the start's span when the fan-out is
+	// traced: its orchestrator's log lines name the trace and its span.
+	Trace string `json:"trace,omitempty"`
 }
 
 // Progress is an orchestration's custom status while it runs: items that
