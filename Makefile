@@ -31,7 +31,7 @@ lint:
 ## test: lint, every test (end-to-end included) with the race detector, the large
 ## fan-out, which the race detector slows too much, without it, then the fuzzers briefly
 test: lint
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -run 'TestTwentyThousandItems' ./internal/fanout/
 	$(MAKE) --no-print-directory fuzz
 
