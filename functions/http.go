@@ -106,7 +106,7 @@ func renderStarted(w http.ResponseWriter, r *http.Request, s Settings, started f
 }
 
 // readStartRequest reads the start request: {"workItems": [...]} or
-// {"count": N}, and optionally "maxParallelism". An empty body, {} or a null
+// {"count": N}, and optionally "maxParallelism" and "itemsPerActivity". An empty body, {} or a null
 // list asks for the fan-out's default items. The engine checks the items.
 func readStartRequest(w http.ResponseWriter, r *http.Request, s Settings) (fanout.Request, error) {
 	body, err := httpjson.ReadBody(w, r, s.MaxBodyBytes, "request body")
@@ -117,6 +117,8 @@ func readStartRequest(w http.ResponseWriter, r *http.Request, s Settings) (fanou
 		WorkItems      json.RawMessage `json:"workItems"`
 		Count          json.RawMessage `json:"count"`
 		MaxParallelism json.RawMessage `json:"maxParallelism"`
+		// How many items one work activity runs.
+		ItemsPerActivity json.RawMessage `json:"itemsPerActivity"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -130,7 +132,7 @@ func readStartRequest(w http.ResponseWriter, r *http.Request, s Settings) (fanou
 			return fanout.Request{}, httpjson.Errorf(http.StatusBadRequest, `request body must be a JSON object such as {"workItems": ["Task1", "Task2"]}, not a JSON %s`, typ.Value)
 		case strings.HasPrefix(err.Error(), "json: unknown field"):
 			field := strings.TrimPrefix(err.Error(), "json: unknown field ")
-			return fanout.Request{}, httpjson.Errorf(http.StatusBadRequest, "unknown field %s in request body: the fields are workItems, count and maxParallelism", field)
+			return fanout.Request{}, httpjson.Errorf(http.StatusBadRequest, "unknown field %s in request body: the fields are workItems, count, maxParallelism and itemsPerActivity", field)
 		}
 		return fanout.Request{}, httpjson.Errorf(http.StatusBadRequest, "request body is not valid JSON: %v", err)
 	}
@@ -145,6 +147,11 @@ func readStartRequest(w http.ResponseWriter, r *http.Request, s Settings) (fanou
 	}
 	if given(req.Count) {
 		if out.Count, err = positive(req.Count, "count", s.MaxItems); err != nil {
+			return fanout.Request{}, err
+		}
+	}
+	if given(req.ItemsPerActivity) {
+		if out.ItemsPerActivity, err = positive(req.ItemsPerActivity, "itemsPerActivity", fanout.MaxItemsPerActivity); err != nil {
 			return fanout.Request{}, err
 		}
 	}

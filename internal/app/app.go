@@ -174,13 +174,15 @@ func Open(ctx context.Context, cfg config.Config, fanouts []functions.Registrati
 	}
 	retry := fanout.NewRetryPolicy(cfg.Retry.MaxAttempts, cfg.Retry.FirstDelay, cfg.Retry.Backoff, cfg.Retry.MaxDelay)
 	engine := fanout.New(fanout.Options{
-		Tracer:        tracing.Tracer,
-		Log:           log,
-		PartitionSize: cfg.Limits.PartitionSize,
-		Retry:         &retry,
-		ItemTimeout:   cfg.ItemTimeout,
-		MaxItems:      cfg.Limits.MaxWorkItems,
-		MaxItemLength: cfg.Limits.MaxItemLength,
+		Tracer:           tracing.Tracer,
+		Log:              log,
+		PartitionSize:    cfg.Limits.PartitionSize,
+		ItemsPerActivity: cfg.Limits.ItemsPerActivity,
+		BatchConcurrency: cfg.Limits.BatchConcurrency,
+		Retry:            &retry,
+		ItemTimeout:      cfg.ItemTimeout,
+		MaxItems:         cfg.Limits.MaxWorkItems,
+		MaxItemLength:    cfg.Limits.MaxItemLength,
 	})
 	if err := functions.Register(engine, fanouts); err != nil {
 		tracing.Shutdown(ctx)

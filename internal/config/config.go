@@ -45,6 +45,9 @@ type Limits struct {
 	MaxItemLength int // in characters
 	MaxBodyBytes  int64
 	PartitionSize int // items one orchestration runs itself
+	// ItemsPerActivity is how many items one work activity runs unless a
+	// start says otherwise; BatchConcurrency how many of them at once.
+	ItemsPerActivity, BatchConcurrency int
 }
 
 // Retry is how a failed item is tried again: up to
@@ -93,6 +96,8 @@ const (
 	SettingMaxItemLength = "FANOUT_MAX_ITEM_LENGTH"
 	SettingMaxBodyBytes  = "FANOUT_MAX_BODY_BYTES"
 	SettingPartitionSize = "FANOUT_PARTITION_SIZE"
+	SettingItemsPerAct   = "FANOUT_ITEMS_PER_ACTIVITY"
+	SettingBatchConc     = "FANOUT_BATCH_CONCURRENCY"
 	SettingMaxPayload    = "FANOUT_SCHEDULER_MAX_PAYLOAD_BYTES"
 	SettingMaxStep       = "FANOUT_SCHEDULER_MAX_STEP_BYTES"
 	SettingItemTimeout   = "FANOUT_ITEM_TIMEOUT"
@@ -139,6 +144,11 @@ const (
 	// much more than 10,900 activities in one step.
 	DefaultPartitionSize = 1000
 	MaxPartitionSize     = 10_000
+
+	// Items per work activity: see fanout.MaxItemsPerActivity and
+	// fanout.DefaultBatchConcurrency.
+	MaxItemsPerActivity     = 1000
+	DefaultBatchConcurrency = 16
 
 	// The Durable Task Scheduler's limits: each payload, and each
 	// orchestrator step's completion message (the official SDKs' bound,
@@ -221,9 +231,11 @@ func findAppRoot(getenv func(string) string) (string, error) {
 // limits reads what one start may ask for, and how its work is split.
 func (p *Parser) limits() Limits {
 	l := Limits{
-		MaxWorkItems:  p.Int(SettingMaxWorkItems, DefaultMaxWorkItems, 1, MaxWorkItems),
-		MaxItemLength: p.Int(SettingMaxItemLength, DefaultMaxItemLength, 1, 1<<16),
-		PartitionSize: p.Int(SettingPartitionSize, DefaultPartitionSize, 1, MaxPartitionSize),
+		MaxWorkItems:     p.Int(SettingMaxWorkItems, DefaultMaxWorkItems, 1, MaxWorkItems),
+		MaxItemLength:    p.Int(SettingMaxItemLength, DefaultMaxItemLength, 1, 1<<16),
+		PartitionSize:    p.Int(SettingPartitionSize, DefaultPartitionSize, 1, MaxPartitionSize),
+		ItemsPerActivity: p.Int(SettingItemsPerAct, 1, 1, MaxItemsPerActivity),
+		BatchConcurrency: p.Int(SettingBatchConc, DefaultBatchConcurrency, 1, MaxItemsPerActivity),
 	}
 	l.MaxBodyBytes = int64(p.Int(SettingMaxBodyBytes, max(DefaultMaxBodyBytes, bodyBytesPerItem*l.MaxWorkItems), 2, 1<<30))
 	return l

@@ -82,7 +82,7 @@ func TestLoadDefaults(t *testing.T) {
 		t.Errorf("LogLevel: got %v, want %v", got, want)
 	}
 	// The body limit grows with the item limit: 64 bytes an item.
-	if got, want := cfg.Limits, (Limits{MaxWorkItems: 100_000, MaxItemLength: 256, MaxBodyBytes: 6_400_000, PartitionSize: 1000}); got != want {
+	if got, want := cfg.Limits, (Limits{MaxWorkItems: 100_000, MaxItemLength: 256, MaxBodyBytes: 6_400_000, PartitionSize: 1000, ItemsPerActivity: 1, BatchConcurrency: 16}); got != want {
 		t.Errorf("Limits: got %+v, want %+v", got, want)
 	}
 	if got, want := cfg.ItemTimeout, 5*time.Minute; got != want {
@@ -157,6 +157,8 @@ func TestLoadSettingsOverrideDefaults(t *testing.T) {
 		SettingMaxItemLength: "12",
 		SettingMaxBodyBytes:  "4096",
 		SettingPartitionSize: "250",
+		SettingItemsPerAct:   "100",
+		SettingBatchConc:     "4",
 		SettingLockTimeout:   "1s",
 		SettingShutdownGrace: "2500ms",
 		SettingItemTimeout:   "30s",
@@ -174,7 +176,7 @@ func TestLoadSettingsOverrideDefaults(t *testing.T) {
 	if got, want := cfg.LogLevel, zerolog.DebugLevel; got != want {
 		t.Errorf("LogLevel: got %v, want %v", got, want)
 	}
-	if got, want := cfg.Limits, (Limits{MaxWorkItems: 10000, MaxItemLength: 12, MaxBodyBytes: 4096, PartitionSize: 250}); got != want {
+	if got, want := cfg.Limits, (Limits{MaxWorkItems: 10000, MaxItemLength: 12, MaxBodyBytes: 4096, PartitionSize: 250, ItemsPerActivity: 100, BatchConcurrency: 4}); got != want {
 		t.Errorf("Limits: got %+v, want %+v", got, want)
 	}
 	if got, want := cfg.ItemTimeout, 30*time.Second; got != want {

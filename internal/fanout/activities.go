@@ -85,24 +85,44 @@ func trailingNumber(b []byte) (int, []byte, bool) {
 }
 
 // work is the work activity: one attempt at one item, within the
-// per-attempt timeout.
+// per-attempt timeout; or at each item of a batch.
 func (f *runner[I, R, S]) work(actx task.ActivityContext) (any, error) {
 	var raw json.RawMessage
 	if err := actx.GetInput(&raw); err != nil {
 		return nil, fmt.Errorf("reading the work item: %w", err)
 	}
+	if isBatch(raw) {
+		outs, err := runBatch(raw, f.opts.BatchConcurrency, func(item json.RawMessage, index, attempt int) (any, error) {
+			return f.runItem(actx, item, index, attempt)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("reading the batch: %w", err)
+		}
+		if err := actx.Context().Err(); err != nil {
+			return nil, err // the worker is stopping: the batch runs again
+		}
+		if span := trace.SpanFromContext(actx.Context()); span.IsRecording() {
+			span.SetAttributes(telemetry.BatchItems(len(outs)))
+		}
+		return outs, nil
+	}
 	in, index, err := readWork(raw)
 	if err != nil {
 		return nil, fmt.Errorf("reading the work item: it must be [item, index] or [item, index, attempt]: %w", err)
 	}
-	item := Item[I]{Index: index, Attempt: in.Attempt}
-	if err := json.Unmarshal(in.Item, &item.Value); err != nil {
-		return nil, fmt.Errorf("reading work item %d: %w", index, err)
-	}
-	item.Log = taskhub.ActivityLog(actx.Context()).With().Int("index", index).Logger()
 	if span := trace.SpanFromContext(actx.Context()); span.IsRecording() {
 		span.SetAttributes(telemetry.ItemIndex(index), telemetry.ItemAttempt(max(in.Attempt, 1)))
 	}
+	return f.runItem(actx, in.Item, index, in.Attempt)
+}
+
+// runItem is one attempt at one item, within the per-attempt timeout.
+func (f *runner[I, R, S]) runItem(actx task.ActivityContext, raw json.RawMessage, index, attempt int) (any, error) {
+	item := Item[I]{Index: index, Attempt: attempt}
+	if err := json.Unmarshal(raw, &item.Value); err != nil {
+		return nil, fmt.Errorf("reading work item %d: %w", index, err)
+	}
+	item.Log = taskhub.ActivityLog(actx.Context()).With().Int("index", index).Logger()
 
 	ctx, cancel := context.WithTimeout(actx.Context(), f.opts.ItemTimeout)
 	defer cancel()
@@ -115,8 +135,8 @@ func (f *runner[I, R, S]) work(actx task.ActivityContext) (any, error) {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		// Late, whatever the outcome: an attempt's result counts only
 		// within its time.
-		item.Log.Warn().Int("attempt", in.Attempt).Dur("timeout", f.opts.ItemTimeout).Msg("work item timed out")
-		return nil, fmt.Errorf("attempt %d took longer than the %s an attempt may take", in.Attempt, f.opts.ItemTimeout)
+		item.Log.Warn().Int("attempt", attempt).Dur("timeout", f.opts.ItemTimeout).Msg("work item timed out")
+		return nil, fmt.Errorf("attempt %d took longer than the %s an attempt may take", attempt, f.opts.ItemTimeout)
 	case err != nil:
 		return nil, err
 	}

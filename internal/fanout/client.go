@@ -37,6 +37,9 @@ type Request struct {
 	Items          json.RawMessage
 	Count          int // items the fan-out generates, instead of Items
 	MaxParallelism int // at most this many items at once; 0: no bound
+	// ItemsPerActivity is how many items one work activity runs; 0: the
+	// engine's Options.ItemsPerActivity.
+	ItemsPerActivity int
 }
 
 // Started is an instance a start or restart scheduled.
@@ -64,9 +67,18 @@ func (c *Client) Start(ctx context.Context, name string, req Request) (Started, 
 // plan checks req against the fan-out and the limits.
 func (c *Client) plan(k *kind, req Request) (Plan, error) {
 	opts := c.e.opts
-	plan := Plan{MaxParallelism: req.MaxParallelism}
+	plan := Plan{MaxParallelism: req.MaxParallelism, Batch: opts.ItemsPerActivity}
 	if req.MaxParallelism < 0 || req.MaxParallelism > opts.MaxItems {
 		return Plan{}, invalid("maxParallelism must be a whole number from 1 to %d", opts.MaxItems)
+	}
+	switch {
+	case req.ItemsPerActivity < 0 || req.ItemsPerActivity > MaxItemsPerActivity:
+		return Plan{}, invalid("itemsPerActivity must be a whole number from 1 to %d", MaxItemsPerActivity)
+	case req.ItemsPerActivity > 0:
+		plan.Batch = req.ItemsPerActivity
+	}
+	if plan.Batch == 1 {
+		plan.Batch = 0 // the default, left out of the input
 	}
 	given := len(req.Items) > 0 && string(req.Items) != "null"
 	switch {
@@ -431,7 +443,7 @@ func (m manager) restartPlan(ctx context.Context) (Plan, error) {
 	if err != nil {
 		return Plan{}, m.conflict("its input is not a fan-out this app can restart: %v", err)
 	}
-	plan := Plan{Items: old.Items, Count: old.Count, MaxParallelism: old.MaxParallelism}
+	plan := Plan{Items: old.Items, Count: old.Count, MaxParallelism: old.MaxParallelism, Batch: old.Batch}
 	if old.Chunks == 0 {
 		if plan.Count == 0 && len(plan.Items) == 0 {
 			if m.k.defaults == nil {

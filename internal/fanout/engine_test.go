@@ -694,6 +694,8 @@ func TestReplayIsDeterministic(t *testing.T) {
 		{"partitions", fanout.Plan{Items: raw(items...), PartitionSize: 7, Retry: fastRetry}, 5},
 		{"partitions sharing a window", fanout.Plan{Count: 30, PartitionSize: 7, MaxParallelism: 5, Retry: fastRetry}, 5},
 		{"aggregations in parts", fanout.Plan{Count: 30, ListBytes: 300, Retry: fastRetry}, 0},
+		{"batches", fanout.Plan{Items: raw(items...), Batch: 4, Retry: fastRetry}, 0},
+		{"batches in partitions sharing a window", fanout.Plan{Count: 30, Batch: 3, PartitionSize: 7, MaxParallelism: 5, Retry: fastRetry}, 5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id, out := run(t, h, tc.plan)
@@ -788,6 +790,8 @@ func TestSettingsMatchTheEngine(t *testing.T) {
 		{"most items", config.MaxWorkItems, fanout.MaxItems},
 		{"largest partition", config.MaxPartitionSize, fanout.MaxPartitionSize},
 		{"default partition", config.DefaultPartitionSize, fanout.DefaultPartitionSize},
+		{"largest batch", config.MaxItemsPerActivity, fanout.MaxItemsPerActivity},
+		{"batch concurrency", config.DefaultBatchConcurrency, fanout.DefaultBatchConcurrency},
 		{"most attempts", config.MaxAttempts, fanout.MaxAttempts},
 		{"default item timeout", config.DefaultItemTimeout, fanout.DefaultItemTimeout},
 		{"default retry", fanout.NewRetryPolicy(config.DefaultMaxAttempts, config.DefaultRetryDelay, config.DefaultRetryBackoff, config.DefaultRetryMaxDelay), fanout.DefaultRetry},

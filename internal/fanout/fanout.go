@@ -109,6 +109,10 @@ type Options struct {
 	// Tracer records the span of each start (create_orchestration); nil:
 	// none.
 	Tracer trace.Tracer
+	// ItemsPerActivity is how many items one work activity runs unless a
+	// start says otherwise; 0: 1. BatchConcurrency is how many of a batch's
+	// items run at once; 0: DefaultBatchConcurrency.
+	ItemsPerActivity, BatchConcurrency int
 }
 
 // Defaults and bounds of the engine.
@@ -117,6 +121,10 @@ const (
 	MaxPartitionSize     = 10_000
 	MaxItems             = 1_000_000
 	DefaultItemTimeout   = 5 * time.Minute
+	// MaxItemsPerActivity bounds a batch; DefaultBatchConcurrency is how
+	// many of its items run at once unless Options say otherwise.
+	MaxItemsPerActivity     = 1000
+	DefaultBatchConcurrency = 16
 )
 
 // Engine holds the kinds of fan-out this process runs, and the task
@@ -140,6 +148,12 @@ func New(opts Options) *Engine {
 	}
 	if opts.Tracer == nil {
 		opts.Tracer = telemetry.Off().Tracer
+	}
+	if opts.ItemsPerActivity <= 0 {
+		opts.ItemsPerActivity = 1
+	}
+	if opts.BatchConcurrency <= 0 {
+		opts.BatchConcurrency = DefaultBatchConcurrency
 	}
 	if opts.MaxItems <= 0 {
 		opts.MaxItems = MaxItems

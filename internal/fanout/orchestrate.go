@@ -144,7 +144,7 @@ func (f *runner[I, R, S]) orchestrate(ctx *task.OrchestrationContext) (any, erro
 	var summary json.RawMessage
 	var rec record
 	if partitions <= 1 {
-		summary, rec, err = f.fanOut(ctx, work, plan.MaxParallelism, plan.retry(), summaryBytes(plan.ListBytes))
+		summary, rec, err = f.fanOut(ctx, work, plan.MaxParallelism, plan.Batch, plan.retry(), summaryBytes(plan.ListBytes))
 	} else {
 		summary, rec, err = f.fanOutPartitions(ctx, work, size, plan)
 	}
@@ -170,7 +170,7 @@ func (f *runner[I, R, S]) partition(ctx *task.OrchestrationContext) (any, error)
 			return nil, fmt.Errorf("the partition asks for generated items, but fan-out %s generates none", f.names.Name)
 		}
 	}
-	summary, rec, err := f.fanOut(ctx, work, p.Window, policyOrDefault(p.Retry), summaryBytes(p.Bytes))
+	summary, rec, err := f.fanOut(ctx, work, p.Window, p.Batch, policyOrDefault(p.Retry), summaryBytes(p.Bytes))
 	if err != nil {
 		return nil, err
 	}
@@ -178,10 +178,14 @@ func (f *runner[I, R, S]) partition(ctx *task.OrchestrationContext) (any, error)
 }
 
 // fanOut runs the work for every item, at most window at once (0: all at
-// once), each tried again as retry says while it fails, and aggregates
-// their results into a summary of at most budget bytes. An item failing
-// every attempt is recorded, not fatal.
-func (f *runner[I, R, S]) fanOut(ctx *task.OrchestrationContext, work items, window int, retry RetryPolicy, budget int) (json.RawMessage, record, error) {
+// once), in batches of batchSize items if more than 1, each tried again as
+// retry says while it fails, and aggregates their results into a summary of
+// at most budget bytes. An item failing every attempt is recorded, not
+// fatal.
+func (f *runner[I, R, S]) fanOut(ctx *task.OrchestrationContext, work items, window, batchSize int, retry RetryPolicy, budget int) (json.RawMessage, record, error) {
+	if batchSize > 1 {
+		return f.fanOutBatches(ctx, work, window, batchSize, retry, budget)
+	}
 	n := work.len()
 	tasks := slide(ctx, n, window, func(i, _ int) task.Task {
 		item, index := work.at(i), work.first+i
@@ -206,6 +210,55 @@ func (f *runner[I, R, S]) fanOut(ctx *task.OrchestrationContext, work items, win
 			continue
 		}
 		results = append(results, r)
+	}
+	summary, err := f.aggregateAll(ctx, results, nil, budget)
+	return summary, rec, err
+}
+
+// fanOutBatches is fanOut in batches of at most size items (fewer if
+// window is smaller), and at most budget bytes of input: at most window
+// items run at once, in whole batches (at least one).
+func (f *runner[I, R, S]) fanOutBatches(ctx *task.OrchestrationContext, work items, window, size int, retry RetryPolicy, budget int) (json.RawMessage, record, error) {
+	n := work.len()
+	if window > 0 {
+		size = min(size, window)
+	}
+	bounds := batchBounds(work, size, budget)
+	count := len(bounds) - 1
+	batches := 0 // at once; 0: all
+	if window > 0 {
+		batches = max(1, window/size)
+	}
+	tasks := slide(ctx, count, batches, func(k, _ int) task.Task {
+		from := bounds[k]
+		return newBatch(ctx, retry, bounds[k+1]-from, func(pending []int, attempt int) task.Task {
+			return ctx.CallActivity(f.names.Work, task.WithRawActivityInput(batchJSON(work, from, pending, attempt)))
+		})
+	}, func(done []bool) {
+		// A batch's items count once the whole batch has its outcome.
+		finished := 0
+		for k, d := range done {
+			if d {
+				finished += bounds[k+1] - bounds[k]
+			}
+		}
+		setProgress(ctx, finished, n)
+	})
+	var rec record
+	var results []json.RawMessage
+	for k, t := range tasks {
+		if err := t.Await(nil); err != nil {
+			return nil, record{}, err
+		}
+		b := t.(*batch)
+		for pos, r := range b.results {
+			if r != nil {
+				results = append(results, r)
+				continue
+			}
+			i := bounds[k] + pos
+			rec.fail(FailedItem{Index: work.first + i, Item: work.at(i), Error: b.errs[pos], Attempts: b.attempts[pos]})
+		}
 	}
 	summary, err := f.aggregateAll(ctx, results, nil, budget)
 	return summary, rec, err
@@ -238,6 +291,7 @@ func (f *runner[I, R, S]) fanOutPartitions(ctx *task.OrchestrationContext, work 
 		p := work.slice(k*size, min(n, (k+1)*size))
 		p.Window = share(slot)
 		p.Retry = plan.Retry
+		p.Batch = plan.Batch
 		if budget != DefaultSummaryBytes {
 			p.Bytes = budget
 		}

@@ -54,6 +54,8 @@ type Plan struct {
 	StepBytes int `json:"stepBytes,omitempty"`
 	// Retry is how failed items are tried again; nil means DefaultRetry.
 	Retry *RetryPolicy `json:"retry,omitempty"`
+	// Batch is how many items one work activity runs; 0 or 1 means one.
+	Batch int `json:"batch,omitempty"`
 	// Trace is the traceparent of the start's span when the fan-out is
 	// traced: its orchestrator's log lines name the trace and its span.
 	Trace string `json:"trace,omitempty"`
@@ -78,6 +80,7 @@ type partitionInput struct {
 	Retry  *RetryPolicy      `json:"retry,omitempty"`
 	// Bytes is the plan's ListBytes, when not the default.
 	Bytes int `json:"bytes,omitempty"`
+	Batch int `json:"batch,omitempty"` // the plan's Batch
 }
 
 // PartitionID is the instance id of partition k of orchestration id.

@@ -105,8 +105,11 @@ func (r *retrying) settled() bool {
 
 // settled reports whether t has its outcome, without scheduling anything.
 func settled(t task.Task) bool {
-	if r, ok := t.(*retrying); ok {
-		return r.settled()
+	switch t := t.(type) {
+	case *retrying:
+		return t.settled()
+	case *batch:
+		return t.settled()
 	}
 	return finished(t)
 }

@@ -26,6 +26,10 @@ const (
 func ItemIndex(i int) attribute.KeyValue   { return attribute.Int("fanout.item.index", i) }
 func ItemAttempt(n int) attribute.KeyValue { return attribute.Int("fanout.item.attempt", n) }
 
+// BatchItems is the fan-out's attribute of a batch's activity span: how
+// many items it ran.
+func BatchItems(n int) attribute.KeyValue { return attribute.Int("fanout.batch.items", n) }
+
 // InstanceID is the attribute naming an instance, for a span started
 // before its id was known.
 func InstanceID(id string) attribute.KeyValue { return attrInstanceID.String(id) }
