@@ -242,8 +242,23 @@ func TestSchedulerConformance(t *testing.T) {
 // fan-out within them: the items follow the start in parts, run in
 // partitions started over several steps, and the summary leaves out a list
 // too large to carry. Nothing sent is over the limits, and every item is
-// counted once.
+// counted once; in batches of ten items per activity too, ten times fewer
+// work activities.
 func TestSchedulerLargeFanOutWithinLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		itemsPerActivity int
+		maxParallelism   int
+		work             int // work activities completed
+	}{
+		{"one item per activity", 1, 15, 300},
+		{"ten items per activity", 10, 150, 30},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testLargeFanOutWithinLimits(t, tc.itemsPerActivity, tc.maxParallelism, tc.work) })
+	}
+}
+
+func testLargeFanOutWithinLimits(t *testing.T, itemsPerActivity, maxParallelism, work int) {
 	root := newAppRoot(t, nil)
 	upstream, _ := dtstest.StartSidecar(t, 0, filepath.Join(root, "sidecar.sqlite"))
 	srv, err := dtstest.Start(dtstest.Options{
@@ -269,7 +284,7 @@ func TestSchedulerLargeFanOutWithinLimits(t *testing.T) {
 	}
 	// Fifteen partitions at once: their inputs, some 5 KB each, are more than
 	// one 64 KiB step can start.
-	body, _ := json.Marshal(map[string]any{"workItems": items, "maxParallelism": 15})
+	body, _ := json.Marshal(map[string]any{"workItems": items, "maxParallelism": maxParallelism, "itemsPerActivity": itemsPerActivity})
 	code, _, res := p.forward(t, "POST", "/api/fan_out_fan_in", string(body))
 	if code != http.StatusAccepted {
 		t.Fatalf("start: got %d %v", code, res)
@@ -303,8 +318,8 @@ func TestSchedulerLargeFanOutWithinLimits(t *testing.T) {
 		}
 		processed += n
 	}
-	// Every item, and aggregate_results in each partition and the parent.
-	if want := len(items) + 15 + 1; processed != want {
+	// The work, and aggregate_results in each partition and the parent.
+	if want := work + 15 + 1; processed != want {
 		t.Errorf("activities completed: %d, want %d", processed, want)
 	}
 	if largest := srv.Stats().LargestRequestBytes; largest > 64<<10 {

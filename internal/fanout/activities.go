@@ -92,17 +92,17 @@ func (f *runner[I, R, S]) work(actx task.ActivityContext) (any, error) {
 		return nil, fmt.Errorf("reading the work item: %w", err)
 	}
 	if isBatch(raw) {
-		outs, err := runBatch(raw, f.opts.BatchConcurrency, func(item json.RawMessage, index, attempt int) (any, error) {
+		outs, n, err := runBatch(raw, f.opts.BatchConcurrency, func(item json.RawMessage, index, attempt int) (any, error) {
 			return f.runItem(actx, item, index, attempt)
 		})
-		if err != nil {
-			return nil, fmt.Errorf("reading the batch: %w", err)
-		}
 		if err := actx.Context().Err(); err != nil {
 			return nil, err // the worker is stopping: the batch runs again
 		}
+		if err != nil {
+			return nil, fmt.Errorf("the batch: %w", err)
+		}
 		if span := trace.SpanFromContext(actx.Context()); span.IsRecording() {
-			span.SetAttributes(telemetry.BatchItems(len(outs)))
+			span.SetAttributes(telemetry.BatchItems(n))
 		}
 		return outs, nil
 	}

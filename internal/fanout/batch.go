@@ -23,8 +23,9 @@ import (
 const batchPrefix = `{"batch":[`
 
 // batchJSON is the input of the batch of items [from, from+len) of work
-// whose positions are pending, at attempt.
-func batchJSON(work items, from int, pending []int, attempt int) string {
+// whose positions are pending, at attempt; its result may take at most
+// bytes.
+func batchJSON(work items, from int, pending []int, attempt, bytes int) string {
 	var b strings.Builder
 	b.WriteString(batchPrefix)
 	for i, pos := range pending {
@@ -35,6 +36,8 @@ func batchJSON(work items, from int, pending []int, attempt int) string {
 	}
 	b.WriteString(`],"attempt":`)
 	b.WriteString(strconv.Itoa(attempt))
+	b.WriteString(`,"bytes":`)
+	b.WriteString(strconv.Itoa(bytes))
 	b.WriteByte('}')
 	return b.String()
 }
@@ -168,14 +171,17 @@ func batchBounds(work items, size, budget int) []int {
 func isBatch(raw json.RawMessage) bool { return bytes.HasPrefix(raw, []byte(batchPrefix)) }
 
 // runBatch runs each item of a batch's input with run, at most concurrency
-// at once, and returns the outcomes in the batch's order.
-func runBatch(raw json.RawMessage, concurrency int, run func(item json.RawMessage, index, attempt int) (any, error)) ([]outcome, error) {
+// at once, and returns the outcomes in the batch's order, as JSON. Outcomes
+// larger than the input's bound fail the batch, saying what to change: a
+// result a scheduler would refuse would be refused on every attempt.
+func runBatch(raw json.RawMessage, concurrency int, run func(item json.RawMessage, index, attempt int) (any, error)) (json.RawMessage, int, error) {
 	var in struct {
 		Batch   []json.RawMessage `json:"batch"`
 		Attempt int               `json:"attempt"`
+		Bytes   int               `json:"bytes"`
 	}
 	if err := json.Unmarshal(raw, &in); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	outs := make([]outcome, len(in.Batch))
 	slots := make(chan struct{}, max(1, concurrency))
@@ -203,7 +209,22 @@ func runBatch(raw json.RawMessage, concurrency int, run func(item json.RawMessag
 		})
 	}
 	wg.Wait()
-	return outs, nil
+	b, err := json.Marshal(outs)
+	if err != nil {
+		return nil, 0, err
+	}
+	if in.Bytes > 0 && len(b) > in.Bytes {
+		return nil, 0, errBatchTooLarge{items: len(outs), bytes: len(b), most: in.Bytes}
+	}
+	return b, len(outs), nil
+}
+
+// errBatchTooLarge fails a batch whose outcomes would not fit a payload.
+type errBatchTooLarge struct{ items, bytes, most int }
+
+func (e errBatchTooLarge) Error() string {
+	return "the results of a batch of " + strconv.Itoa(e.items) + " items take " + strconv.Itoa(e.bytes) +
+		" bytes, over the " + strconv.Itoa(e.most) + " one payload may carry: start with fewer itemsPerActivity"
 }
 
 // readBatchItem reads one [item, index] of a batch.

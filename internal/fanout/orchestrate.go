@@ -232,7 +232,7 @@ func (f *runner[I, R, S]) fanOutBatches(ctx *task.OrchestrationContext, work ite
 	tasks := slide(ctx, count, batches, func(k, _ int) task.Task {
 		from := bounds[k]
 		return newBatch(ctx, retry, bounds[k+1]-from, func(pending []int, attempt int) task.Task {
-			return ctx.CallActivity(f.names.Work, task.WithRawActivityInput(batchJSON(work, from, pending, attempt)))
+			return ctx.CallActivity(f.names.Work, task.WithRawActivityInput(batchJSON(work, from, pending, attempt, budget)))
 		})
 	}, func(done []bool) {
 		// A batch's items count once the whole batch has its outcome.
