@@ -9,7 +9,9 @@
 // latency of 500 small starts from 50 concurrent clients; the same job on
 // durabletask-go's SQLite backend with its defaults, for comparison; 10,000
 // items over gRPC on the sidecar (other counts and a partition size with
-// -grpc-items and -grpc-partition-size); 10,000 items with tracing off and
+// -grpc-items and -grpc-partition-size), one item per activity and 100,
+// counting the sidecar's dispatches; 10,000 to 1,000,000 items on the
+// embedded hub, 100 per activity; 10,000 items with tracing off and
 // on, exporting to a local Jaeger; and, with -partition-sizes, 100,000 items
 // per FANOUT_PARTITION_SIZE.
 package main
@@ -37,14 +39,18 @@ const (
 	baselineItems  = 1000    // the fan-out the library defaults run
 	partitionItems = 100_000 // the fan-out -partition-sizes runs
 	grpcItems      = 10_000  // the gRPC run the target is for
-	latencyStarts  = 500
-	latencyClients = 50
-	latencyItems   = 10
+	// grpcBatchedItems is the larger gRPC run, in batches only; and
+	// embeddedBatch the items per activity of the embedded batched runs.
+	grpcBatchedItems = 100_000
+	embeddedBatch    = 100
+	latencyStarts    = 500
+	latencyClients   = 50
+	latencyItems     = 10
 )
 
 // measurementNames are what -only selects from.
 func measurementNames() []string {
-	return []string{"fanout", "latency", "baseline", "grpc", "tracing"}
+	return []string{"fanout", "latency", "baseline", "grpc", "batches", "tracing"}
 }
 
 type options struct {
@@ -52,6 +58,7 @@ type options struct {
 	partitionSizes []int
 	grpcItems      []int    // fan-outs on the gRPC path
 	grpcPartition  int      // FANOUT_PARTITION_SIZE on the gRPC path; 0 for the default
+	grpcBatches    []int    // items per activity on the gRPC path, each with each of grpcItems
 	only           []string // measurements to run; all when empty
 	out            string   // report file, relative to the module root; "" for none
 	poll           time.Duration
@@ -62,9 +69,10 @@ func (o options) runs(name string) bool { return len(o.only) == 0 || slices.Cont
 
 func parseFlags() (options, error) {
 	var o options
-	var sizes, only, grpcCounts string
+	var sizes, only, grpcCounts, grpcBatches string
 	flag.BoolVar(&o.million, "million", false, "also run 1,000,000 items on the embedded hub (takes minutes)")
-	flag.StringVar(&grpcCounts, "grpc-items", strconv.Itoa(grpcItems), "comma-separated item counts to run on the gRPC path, each in a fresh handler and sidecar")
+	flag.StringVar(&grpcCounts, "grpc-items", strconv.Itoa(grpcItems)+","+strconv.Itoa(grpcBatchedItems), "comma-separated item counts to run on the gRPC path, each in a fresh handler and sidecar")
+	flag.StringVar(&grpcBatches, "grpc-items-per-activity", "1,100", "comma-separated items per activity to run each of -grpc-items with")
 	flag.IntVar(&o.grpcPartition, "grpc-partition-size", 0, "FANOUT_PARTITION_SIZE on the gRPC path (default: the handler's)")
 	flag.StringVar(&sizes, "partition-sizes", "", "comma-separated FANOUT_PARTITION_SIZE values: run 100,000 items once with each (e.g. 250,500,1000,2000)")
 	flag.StringVar(&only, "only", "", "comma-separated measurements to run, of "+strings.Join(measurementNames(), ", ")+" (default all; then the report goes to stdout only, unless -o is given)")
@@ -88,6 +96,13 @@ func parseFlags() (options, error) {
 			return o, fmt.Errorf("-grpc-items: %q is not an item count from 1 to 1000000", s)
 		}
 		o.grpcItems = append(o.grpcItems, n)
+	}
+	for _, s := range splitList(grpcBatches) {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 1000 {
+			return o, fmt.Errorf("-grpc-items-per-activity: %q is not a count of items per activity from 1 to 1000", s)
+		}
+		o.grpcBatches = append(o.grpcBatches, n)
 	}
 	if o.grpcPartition < 0 || o.grpcPartition > 10_000 {
 		return o, fmt.Errorf("-grpc-partition-size: %d is not a partition size from 1 to 10000", o.grpcPartition)
@@ -207,16 +222,32 @@ func (b *bench) measureAll(ctx context.Context) (results, error) {
 		res.latency = &l
 	}
 	for _, n := range b.opts.grpcItems {
-		if !b.opts.runs("grpc") {
-			break
+		for _, batch := range b.opts.grpcBatches {
+			if !b.opts.runs("grpc") {
+				break
+			}
+			if batch == 1 && n > grpcItems && len(b.opts.grpcBatches) > 1 {
+				continue // one item per activity: half an hour at 100,000; run it alone with -grpc-items-per-activity 1
+			}
+			progress("gRPC path: %s items, %d per activity, on the durabletask-go sidecar (one work item at a time: a minute or more for 10,000 one by one)", thousands(n), batch)
+			g, err := b.grpcFanOut(ctx, n, b.opts.grpcPartition, batch)
+			if err != nil {
+				return res, fmt.Errorf("gRPC path: %w", err)
+			}
+			progress("  %s, %s items/s, handler CPU %s an item, %.3f dispatches an item", seconds(g.wall), thousands(int(g.perSecond())), micros(g.cpuPerItem()), g.actionsPerItem())
+			res.grpc = append(res.grpc, g)
 		}
-		progress("gRPC path: %s items on the durabletask-go sidecar (one activity at a time: a minute or more for 10,000)", thousands(n))
-		g, err := b.grpcFanOut(ctx, n, b.opts.grpcPartition)
-		if err != nil {
-			return res, fmt.Errorf("gRPC path: %w", err)
+	}
+	if b.opts.runs("batches") {
+		for _, n := range []int{10_000, 100_000, 1_000_000} {
+			progress("embedded fan-out of %s items, %d per activity", thousands(n), embeddedBatch)
+			r, err := b.embeddedBatches(ctx, n, 0, embeddedBatch)
+			if err != nil {
+				return res, fmt.Errorf("embedded fan-out of %s items in batches: %w", thousands(n), err)
+			}
+			progress("  %s, %s items/s, peak RSS %s", seconds(r.wall), thousands(int(r.perSecond())), megabytes(r.peakRSS))
+			res.batches = append(res.batches, r)
 		}
-		progress("  %s, %s activities/s, handler CPU %s an activity", seconds(g.wall), thousands(int(g.perSecond())), micros(g.cpuPerItem()))
-		res.grpc = append(res.grpc, g)
 	}
 	if b.opts.runs("tracing") {
 		t, err := b.tracingCost(ctx)

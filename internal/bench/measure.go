@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"net/http"
 	"os"
@@ -20,6 +21,8 @@ import (
 	"github.com/microsoft/durabletask-go/backend/sqlite"
 	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+	_ "modernc.org/sqlite"
 
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/fanout"
@@ -46,6 +49,8 @@ type fanOutResult struct {
 	handlerCPU cpuUsage // during the fan-out
 	sidecarCPU cpuUsage // during the fan-out; gRPC path only
 	cpuBefore  cpuUsage // the handler's, just before the start
+	batch      int      // items per activity, 0 for one
+	actions    int      // work items the sidecar dispatched (gRPC path): orchestrator steps and activities
 }
 
 // perSecond is activities a second, 0 for a run that did not happen.
@@ -56,7 +61,15 @@ func (r fanOutResult) perSecond() float64 {
 	return float64(r.items) / r.wall.Seconds()
 }
 
-// cpuPerItem is the handler's CPU time per activity.
+// actionsPerItem is the sidecar's dispatches per item.
+func (r fanOutResult) actionsPerItem() float64 {
+	if r.items == 0 {
+		return 0
+	}
+	return float64(r.actions) / float64(r.items)
+}
+
+// cpuPerItem is the handler's CPU time per item.
 func (r fanOutResult) cpuPerItem() time.Duration {
 	if r.items == 0 {
 		return 0
@@ -85,12 +98,24 @@ func (b *bench) freshDir(name string) (string, error) {
 // embeddedFanOut runs one fan-out of n items in a fresh handler on a fresh
 // embedded hub; partition, if not 0, sets FANOUT_PARTITION_SIZE.
 func (b *bench) embeddedFanOut(ctx context.Context, n, partition int) (fanOutResult, error) {
+	return b.embeddedBatches(ctx, n, partition, 0)
+}
+
+// embeddedBatches is embeddedFanOut with batch items per activity (0:
+// one).
+func (b *bench) embeddedBatches(ctx context.Context, n, partition, batch int) (fanOutResult, error) {
 	dir, err := b.freshDir("embedded-" + strconv.Itoa(n))
 	if err != nil {
 		return fanOutResult{}, err
 	}
 	defer os.RemoveAll(dir) // a million items leave a large file behind
-	return b.fanOutWith(ctx, embeddedSettings(dir), nil, n, partition)
+	settings := embeddedSettings(dir)
+	if batch > 0 {
+		settings["FANOUT_ITEMS_PER_ACTIVITY"] = strconv.Itoa(batch)
+	}
+	r, err := b.fanOutWith(ctx, settings, nil, n, partition)
+	r.batch = batch
+	return r, err
 }
 
 // fanOutWith runs one fan-out of n items in a fresh handler with settings,
@@ -297,7 +322,7 @@ func (b *bench) baseline(ctx context.Context, n int) (time.Duration, error) {
 // grpcFanOut runs a fan-out of n items on the scheduler path: the handler
 // talking gRPC to the upstream durabletask-go sidecar on a fresh file;
 // partition, if not 0, sets FANOUT_PARTITION_SIZE.
-func (b *bench) grpcFanOut(ctx context.Context, n, partition int) (fanOutResult, error) {
+func (b *bench) grpcFanOut(ctx context.Context, n, partition, batch int) (fanOutResult, error) {
 	dir, err := b.freshDir("grpc")
 	if err != nil {
 		return fanOutResult{}, err
@@ -310,9 +335,47 @@ func (b *bench) grpcFanOut(ctx context.Context, n, partition int) (fanOutResult,
 	addr := sc.Addr
 	settings := embeddedSettings(dir)
 	settings["DURABLE_TASK_SCHEDULER_CONNECTION_STRING"] = "Endpoint=http://" + addr + ";Authentication=None"
+	if batch > 0 {
+		settings["FANOUT_ITEMS_PER_ACTIVITY"] = strconv.Itoa(batch)
+	}
 	r, err := b.fanOutWith(ctx, settings, sc, n, partition)
+	r.batch = batch
 	if err == nil {
 		err = sc.Running() // the sidecar must have lived through it
 	}
+	if err == nil {
+		r.actions, err = dispatched(filepath.Join(dir, "sidecar.sqlite"))
+	}
 	return r, err
+}
+
+// dispatched counts the work items the sidecar handed out, from its file:
+// each orchestrator step begins with an OrchestratorStarted event, and each
+// activity is a TaskScheduled event.
+func dispatched(file string) (int, error) {
+	db, err := sql.Open("sqlite", "file:"+file+"?mode=ro&_pragma=busy_timeout(5000)")
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	rows, err := db.Query("SELECT EventPayload FROM History")
+	if err != nil {
+		return 0, fmt.Errorf("counting the sidecar's work items: %w", err)
+	}
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		var payload []byte
+		if err := rows.Scan(&payload); err != nil {
+			return 0, err
+		}
+		var e backend.HistoryEvent
+		if err := proto.Unmarshal(payload, &e); err != nil {
+			return 0, err
+		}
+		if e.GetOrchestratorStarted() != nil || e.GetTaskScheduled() != nil {
+			n++
+		}
+	}
+	return n, rows.Err()
 }
