@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/taskhub/hubtest"
@@ -87,19 +86,8 @@ func maps(m map[string]int) map[string]int {
 // A batch's items run at once, up to the window: maxParallelism counts
 // items, however they are batched.
 func TestBatchesHonourMaxParallelism(t *testing.T) {
-	var mu sync.Mutex
-	running, most := 0, 0
-	h := openHub(t, func(ctx context.Context, it fanout.Item[string]) (score, error) {
-		mu.Lock()
-		running++
-		most = max(most, running)
-		mu.Unlock()
-		time.Sleep(20 * time.Millisecond)
-		mu.Lock()
-		running--
-		mu.Unlock()
-		return scoreOf(ctx, it)
-	})
+	var a atOnce
+	h := openHub(t, a.work)
 	for _, tc := range []struct {
 		name string
 		plan fanout.Plan
@@ -110,16 +98,12 @@ func TestBatchesHonourMaxParallelism(t *testing.T) {
 		{"window between batches", fanout.Plan{Count: 40, MaxParallelism: 10, Batch: 4}, 8},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mu.Lock()
-			most = 0
-			mu.Unlock()
+			a.peak()
 			_, out := run(t, h, tc.plan)
 			if out.Items != tc.plan.Count {
 				t.Errorf("processed %d items, want %d", out.Items, tc.plan.Count)
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			if most != tc.want {
+			if most := a.peak(); most != tc.want {
 				t.Errorf("at most %d items ran at once, want %d", most, tc.want)
 			}
 		})

@@ -501,20 +501,37 @@ func TestASummaryTooLargeWithoutTrimFailsClearly(t *testing.T) {
 
 // maxParallelism bounds how many items run at once, across partitions, and
 // the window stays full: the bound is reached, not merely kept.
+// atOnce is work that scores an item after 20 ms, and counts how many
+// items ran at once, at most.
+type atOnce struct {
+	mu            sync.Mutex
+	running, most int
+}
+
+func (a *atOnce) work(ctx context.Context, it fanout.Item[string]) (score, error) {
+	a.mu.Lock()
+	a.running++
+	a.most = max(a.most, a.running)
+	a.mu.Unlock()
+	time.Sleep(20 * time.Millisecond)
+	a.mu.Lock()
+	a.running--
+	a.mu.Unlock()
+	return scoreOf(ctx, it)
+}
+
+// peak returns the most items that ran at once since the last call.
+func (a *atOnce) peak() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	most := a.most
+	a.most = 0
+	return most
+}
+
 func TestMaxParallelismIsHonoured(t *testing.T) {
-	var mu sync.Mutex
-	running, most := 0, 0
-	h := openHub(t, func(ctx context.Context, it fanout.Item[string]) (score, error) {
-		mu.Lock()
-		running++
-		most = max(most, running)
-		mu.Unlock()
-		time.Sleep(20 * time.Millisecond)
-		mu.Lock()
-		running--
-		mu.Unlock()
-		return scoreOf(ctx, it)
-	})
+	var a atOnce
+	h := openHub(t, a.work)
 	for _, tc := range []struct {
 		name string
 		plan fanout.Plan
@@ -524,16 +541,12 @@ func TestMaxParallelismIsHonoured(t *testing.T) {
 		{"more partitions than the bound", fanout.Plan{Count: 30, MaxParallelism: 2, PartitionSize: 4}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			mu.Lock()
-			most = 0
-			mu.Unlock()
+			a.peak()
 			_, out := run(t, h, tc.plan)
 			if out.Items != tc.plan.Count {
 				t.Errorf("processed %d items, want %d", out.Items, tc.plan.Count)
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			if most != tc.plan.MaxParallelism {
+			if most := a.peak(); most != tc.plan.MaxParallelism {
 				t.Errorf("at most %d items ran at once, want exactly the bound, %d", most, tc.plan.MaxParallelism)
 			}
 		})
