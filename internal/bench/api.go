@@ -71,7 +71,7 @@ func startFanOut(ctx context.Context, client *http.Client, h *handler, n int, tr
 func waitCompleted(ctx context.Context, client *http.Client, h *handler, s started, n int, interval, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		if err := h.running(); err != nil {
+		if err := h.Running(); err != nil {
 			return err
 		}
 		st, err := getStatus(ctx, client, s.StatusURL)

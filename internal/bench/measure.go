@@ -140,7 +140,7 @@ func (b *bench) fanOutWith(ctx context.Context, settings map[string]string, sc *
 // it and its peak RSS.
 func (b *bench) timedFanOut(ctx context.Context, h *handler, sc *servers.Process, n int, traceparent string) (fanOutResult, error) {
 	r := fanOutResult{items: n}
-	h0, err := cpuTime(h.pid(), b.clkTck)
+	h0, err := cpuTime(h.Pid(), b.clkTck)
 	if err != nil {
 		return r, err
 	}
@@ -160,7 +160,7 @@ func (b *bench) timedFanOut(ctx context.Context, h *handler, sc *servers.Process
 		return r, err
 	}
 	r.wall = time.Since(begin)
-	h1, err := cpuTime(h.pid(), b.clkTck)
+	h1, err := cpuTime(h.Pid(), b.clkTck)
 	if err != nil {
 		return r, err
 	}
@@ -172,7 +172,7 @@ func (b *bench) timedFanOut(ctx context.Context, h *handler, sc *servers.Process
 		}
 		r.sidecarCPU = s1.minus(s0)
 	}
-	r.peakRSS, err = peakRSS(h.pid())
+	r.peakRSS, err = peakRSS(h.Pid())
 	return r, err
 }
 

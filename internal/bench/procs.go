@@ -1,6 +1,6 @@
 package main
 
-// Child processes (the handler, the sidecar) and what /proc says about them.
+// The handler as a child process, and what /proc says about processes.
 
 import (
 	"bytes"
@@ -12,77 +12,24 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"fanoutfanin/internal/servers"
-	"fanoutfanin/internal/tailbuf"
 )
 
 // stopGrace is how long a child gets to exit after SIGTERM before it is
 // killed: the handler drains its work for up to 10 s on SIGTERM.
 const stopGrace = 15 * time.Second
 
-// child is a process the benchmark started and must stop, whatever happens.
-type child struct {
-	name     string
-	cmd      *exec.Cmd
-	output   *tailbuf.Buffer // the last of its stdout and stderr, for error messages
-	exited   chan struct{}
-	waitErr  error // set before exited is closed
-	stopOnce sync.Once
-}
-
-// startChild starts cmd in its own process group, so that a Ctrl-C at the
-// terminal reaches only the benchmark, which then stops its children in
-// order; and with a parent-death signal, so that a benchmark killed outright
-// leaves none behind.
-func startChild(name string, cmd *exec.Cmd) (*child, error) {
-	c := &child{name: name, cmd: cmd, output: &tailbuf.Buffer{Max: 32 << 10}, exited: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = c.output, c.output
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting the %s: %w", name, err)
-	}
-	go func() {
-		c.waitErr = cmd.Wait()
-		close(c.exited)
-	}()
-	return c, nil
-}
-
-func (c *child) pid() int { return c.cmd.Process.Pid }
-
-// running returns an error, with the child's last output, if it has exited.
-func (c *child) running() error {
-	select {
-	case <-c.exited:
-		return fmt.Errorf("the %s exited unexpectedly (%v); its last output:\n%s", c.name, c.waitErr, c.output)
-	default:
-		return nil
-	}
-}
-
-// stop sends SIGTERM, as the Functions host does, and kills the child if it
-// has not exited within stopGrace. Safe to call more than once.
-func (c *child) stop() {
-	c.stopOnce.Do(func() {
-		_ = c.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-c.exited:
-		case <-time.After(stopGrace):
-			_ = c.cmd.Process.Kill()
-			<-c.exited
-		}
-	})
-}
-
 // handler is the function app's handler running as a child process.
 type handler struct {
-	*child
+	*servers.Process
 	baseURL string
 }
+
+// stop sends SIGTERM, as the Functions host does, and kills the handler if
+// it has not exited within stopGrace. Safe to call more than once.
+func (h *handler) stop() { h.Terminate(stopGrace) }
 
 // startHandler starts the handler in appRoot as the Functions host does: the
 // app root as working directory and in FUNCTIONS_APP_ROOT_PATH, a free port
@@ -104,11 +51,11 @@ func startHandler(ctx context.Context, appRoot string, settings map[string]strin
 	cmd := exec.Command(filepath.Join(appRoot, "handler"))
 	cmd.Dir = appRoot
 	cmd.Env = env
-	c, err := startChild("handler", cmd)
+	p, err := servers.Launch("handler", cmd)
 	if err != nil {
 		return nil, err
 	}
-	h := &handler{child: c, baseURL: fmt.Sprintf("http://127.0.0.1:%d", port)}
+	h := &handler{Process: p, baseURL: fmt.Sprintf("http://127.0.0.1:%d", port)}
 	if err := h.waitReady(ctx); err != nil {
 		h.stop()
 		return nil, err
@@ -122,7 +69,7 @@ func (h *handler) waitReady(ctx context.Context) error {
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if err := h.running(); err != nil {
+		if err := h.Running(); err != nil {
 			return err
 		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, h.baseURL+"/", nil)
@@ -131,7 +78,7 @@ func (h *handler) waitReady(ctx context.Context) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the handler did not answer GET / within 30 s; its output:\n%s", h.output)
+			return fmt.Errorf("the handler did not answer GET / within 30 s; its output:\n%s", h.Output())
 		}
 		if err := sleep(ctx, 25*time.Millisecond); err != nil {
 			return err

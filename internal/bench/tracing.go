@@ -102,7 +102,7 @@ func (b *bench) tracedFanOut(ctx context.Context, j *servers.Jaeger) (fanOutResu
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	c, err := cpuTime(h.pid(), b.clkTck)
+	c, err := cpuTime(h.Pid(), b.clkTck)
 	if err != nil {
 		return r, 0, err
 	}

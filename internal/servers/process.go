@@ -11,9 +11,9 @@ import (
 	"fanoutfanin/internal/tailbuf"
 )
 
-// Process is a running server.
+// Process is a running server, or any child process started by Launch.
 type Process struct {
-	Addr    string // host:port it listens on
+	Addr    string // host:port it listens on; "" for a process Launch started
 	name    string
 	cmd     *exec.Cmd
 	output  *tailbuf.Buffer
@@ -22,27 +22,33 @@ type Process struct {
 	once    sync.Once
 }
 
-// start starts a server, name, and returns once it accepts connections on
-// addr. It runs in its own process group, and dies with the process that
-// started it, so that neither a Ctrl-C nor a killed parent leaves it
-// behind.
-func start(name, addr, binary string, args ...string) (*Process, error) {
-	p := &Process{
-		Addr:   addr,
-		name:   name,
-		cmd:    exec.Command(binary, args...),
-		output: &tailbuf.Buffer{Max: 64 << 10},
-		exited: make(chan struct{}),
-	}
-	p.cmd.Stdout, p.cmd.Stderr = p.output, p.output
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting the %s: %w", p.name, err)
+// Launch starts cmd, called name in messages, with its output kept (the
+// last 64 KiB). It runs in its own process group, so that a Ctrl-C at the
+// terminal reaches only its parent, which stops it in order; and it dies
+// with the process that started it, so that a parent killed outright
+// leaves none behind.
+func Launch(name string, cmd *exec.Cmd) (*Process, error) {
+	p := &Process{name: name, cmd: cmd, output: &tailbuf.Buffer{Max: 64 << 10}, exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.output, p.output
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting the %s: %w", name, err)
 	}
 	go func() {
-		p.waitErr = p.cmd.Wait()
+		p.waitErr = cmd.Wait()
 		close(p.exited)
 	}()
+	return p, nil
+}
+
+// start launches a server, name, and returns once it accepts connections
+// on addr.
+func start(name, addr, binary string, args ...string) (*Process, error) {
+	p, err := Launch(name, exec.Command(binary, args...))
+	if err != nil {
+		return nil, err
+	}
+	p.Addr = addr
 	if err := waitListening(p, addr); err != nil {
 		p.Stop()
 		return nil, err
@@ -71,13 +77,13 @@ func waitListening(p *Process, addr string) error {
 	}
 }
 
-// Pid is the server's process id.
+// Pid is the process id.
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
-// Output is the last of what the server wrote.
+// Output is the last of what the process wrote.
 func (p *Process) Output() string { return p.output.String() }
 
-// Running returns an error, with the server's last output, once it has
+// Running returns an error, with the process's last output, once it has
 // exited.
 func (p *Process) Running() error {
 	select {
@@ -89,9 +95,22 @@ func (p *Process) Running() error {
 }
 
 // Stop kills the server and waits for it to exit. Safe to call more than
-// once.
-func (p *Process) Stop() {
+// once, and after Terminate.
+func (p *Process) Stop() { p.Terminate(0) }
+
+// Terminate sends SIGTERM, as the Functions host does, and kills the
+// process if it has not exited within grace (at once if grace is 0); then
+// waits for it to exit. Safe to call more than once.
+func (p *Process) Terminate(grace time.Duration) {
 	p.once.Do(func() {
+		if grace > 0 {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-p.exited:
+				return
+			case <-time.After(grace):
+			}
+		}
 		_ = p.cmd.Process.Kill()
 		<-p.exited
 	})
