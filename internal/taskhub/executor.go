@@ -73,7 +73,7 @@ func (x Executor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, ol
 
 // recordEnd records the orchestration's span if this step ends it.
 func (x Executor) recordEnd(res *backend.ExecutionResults, id api.InstanceID, old, new []*backend.HistoryEvent) {
-	if status, failure, ended := Ending(res.Response); ended {
+	if status, failure, ends := Ending(res); ends && status != api.RUNTIME_STATUS_CONTINUED_AS_NEW {
 		if started := ExecutionStarted(old, new); started != nil {
 			telemetry.RecordOrchestration(x.tracer, started, string(id), status, failure)
 		}
@@ -217,23 +217,14 @@ func EndOrchestration(res proto.Message, status api.OrchestrationStatus, result 
 	actions.Append(action)
 }
 
-// Ending says whether an orchestrator response ends the orchestration, and
-// in which status, with which failure message.
-func Ending(res proto.Message) (status api.OrchestrationStatus, failure string, ended bool) {
-	m := res.ProtoReflect()
-	actions := m.Get(m.Descriptor().Fields().ByName("actions")).List()
-	for i := range actions.Len() {
-		a := actions.Get(i).Message()
-		fd := a.Descriptor().Fields().ByName("completeOrchestration")
-		if !a.Has(fd) {
-			continue
+// Ending says whether a step's results end the orchestration, or start it
+// anew (continued as new), and in which status, with which failure
+// message.
+func Ending(res *backend.ExecutionResults) (status api.OrchestrationStatus, failure string, ends bool) {
+	for _, a := range res.Response.GetActions() {
+		if end := a.GetCompleteOrchestration(); end != nil {
+			return end.GetOrchestrationStatus(), end.GetFailureDetails().GetErrorMessage(), true
 		}
-		end := a.Get(fd).Message()
-		status = api.OrchestrationStatus(end.Get(end.Descriptor().Fields().ByName("orchestrationStatus")).Enum())
-		if fd := end.Descriptor().Fields().ByName("failureDetails"); end.Has(fd) {
-			failure = end.Get(fd).Message().Interface().(*backend.TaskFailureDetails).GetErrorMessage()
-		}
-		return status, failure, status != api.RUNTIME_STATUS_CONTINUED_AS_NEW
 	}
 	return 0, "", false
 }

@@ -335,19 +335,6 @@ func failOrchestration(res proto.Message, errorType, message string) {
 	f.m.Clear(f.fd("customStatus"))
 }
 
-// completesOrchestration reports whether an orchestrator response ends the
-// orchestration (or starts it anew, continued as new).
-func completesOrchestration(res proto.Message) bool {
-	f := fieldsOf(res)
-	actions := f.m.Get(f.fd("actions")).List()
-	for i := range actions.Len() {
-		if (fields{actions.Get(i).Message()}).has("completeOrchestration") {
-			return true
-		}
-	}
-	return false
-}
-
 // largestPayload returns the size of the largest payload in m (any
 // google.protobuf.StringValue: inputs, results, custom status, event data)
 // and the path of the field holding it, such as "actions.scheduleTask.input".

@@ -352,7 +352,7 @@ func (w *grpcWorker) runOrchestrator(req orchestratorRequest, history encodedHis
 		return
 	}
 	res := results.Response
-	if completesOrchestration(res) {
+	if _, _, ends := taskhub.Ending(results); ends {
 		w.history.forget(id)
 	}
 	if started := taskhub.ExecutionStarted(past, newEvents); started != nil {
