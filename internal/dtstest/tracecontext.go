@@ -28,7 +28,10 @@ const (
 	FieldOrchRespTrace       protowire.Number = 6 // OrchestratorResponse.orchestrationTraceContext
 )
 
-var traceparent = regexp.MustCompile(`^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
+var (
+	traceparent = regexp.MustCompile(`^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$`)
+	spanID      = regexp.MustCompile(`^[0-9a-f]{16}$`)
+)
 
 // readTraceContext returns field num of m, a TraceContext, as v0.6.0's
 // message; nil if m has none. A malformed one is recorded as a violation of
@@ -63,7 +66,7 @@ func (s *Server) learnTraceContexts(or proto.Message) {
 		_ = walkUnknown([]byte(b), func(n protowire.Number, typ protowire.Type, _ uint64, v []byte) {
 			if n == 1 {
 				_ = walkUnknown(v, func(n protowire.Number, _ protowire.Type, _ uint64, id []byte) {
-					if n == 1 && !regexp.MustCompile(`^[0-9a-f]{16}$`).Match(id) {
+					if n == 1 && !spanID.Match(id) {
 						s.violate(name, "%s: orchestrationTraceContext.spanID %q is not 16 hex digits", iid, id)
 					}
 				})

@@ -10,6 +10,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // The attributes of the durabletask span schema.
@@ -44,14 +45,27 @@ func CreateOrchestration(ctx context.Context, tr trace.Tracer, name string) (con
 		trace.WithAttributes(attrType.String("orchestration"), attrName.String(name)))
 }
 
+// traceContext is durabletask-go's TraceContext, whose type is internal to
+// it, by its getters.
+type traceContext interface {
+	GetTraceParent() string
+	GetTraceState() *wrapperspb.StringValue
+}
+
+// sampled is the span context tc names, if it names a sampled one; a nil
+// tc names none.
+func sampled(tc traceContext) (trace.SpanContext, bool) {
+	sc, ok := ParseTraceParent(tc.GetTraceParent(), tc.GetTraceState().GetValue())
+	return sc, ok && sc.IsSampled()
+}
+
 // Orchestration is the span context of instance id's orchestration span,
 // the parent of everything the orchestration schedules; false if the
 // orchestration is not traced (its ExecutionStarted event carries no
 // sampled trace context).
 func Orchestration(started *backend.HistoryEvent, id string) (trace.SpanContext, bool) {
-	parent, ok := ParseTraceParent(started.GetExecutionStarted().GetParentTraceContext().GetTraceParent(),
-		started.GetExecutionStarted().GetParentTraceContext().GetTraceState().GetValue())
-	if !ok || !parent.IsSampled() {
+	parent, ok := sampled(started.GetExecutionStarted().GetParentTraceContext())
+	if !ok {
 		return trace.SpanContext{}, false
 	}
 	return parent.WithSpanID(OrchestrationSpanID(parent.TraceID(), id)).WithRemote(false), true
@@ -64,8 +78,8 @@ func Orchestration(started *backend.HistoryEvent, id string) (trace.SpanContext,
 // sub-orchestration.
 func RecordOrchestration(tr trace.Tracer, started *backend.HistoryEvent, id string, status api.OrchestrationStatus, failure string) {
 	es := started.GetExecutionStarted()
-	parent, ok := ParseTraceParent(es.GetParentTraceContext().GetTraceParent(), es.GetParentTraceContext().GetTraceState().GetValue())
-	if !ok || !parent.IsSampled() {
+	parent, ok := sampled(es.GetParentTraceContext())
+	if !ok {
 		return
 	}
 	if p := es.GetParentInstance().GetOrchestrationInstance().GetInstanceId(); p != "" {
@@ -91,9 +105,9 @@ func StartActivity(ctx context.Context, tr trace.Tracer, scheduled *backend.Hist
 	if !Records(tr) || ts.GetParentTraceContext() == nil {
 		return ctx, trace.SpanFromContext(context.Background()) // a no-op span
 	}
-	parent, ok := ParseTraceParent(ts.GetParentTraceContext().GetTraceParent(), ts.GetParentTraceContext().GetTraceState().GetValue())
-	if !ok || !parent.IsSampled() {
-		return ctx, trace.SpanFromContext(context.Background()) // a no-op span
+	parent, ok := sampled(ts.GetParentTraceContext())
+	if !ok {
+		return ctx, trace.SpanFromContext(context.Background())
 	}
 	parent = parent.WithSpanID(OrchestrationSpanID(parent.TraceID(), id))
 	return tr.Start(trace.ContextWithRemoteSpanContext(ctx, parent), "activity:"+ts.GetName(),
