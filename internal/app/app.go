@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/trace"
 
@@ -150,12 +149,12 @@ func (a *App) Close(ctx context.Context) error {
 
 // openHub is the one place that chooses the backend: the embedded hub when
 // no scheduler is configured, else the scheduler's. Either runs the
-// orchestrators and activities in registry.
-func openHub(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger, tracer trace.Tracer) (*taskhub.Hub, error) {
+// engine's orchestrators and activities.
+func openHub(ctx context.Context, cfg config.TaskHub, engine *fanout.Engine, log zerolog.Logger, tracer trace.Tracer) (*taskhub.Hub, error) {
 	if cfg.Embedded() {
-		return embedded.Open(ctx, cfg, registry, log, tracer)
+		return embedded.Open(ctx, cfg, engine.Registry(), log, tracer)
 	}
-	return scheduler.Open(cfg, registry, log, tracer)
+	return scheduler.Open(cfg, engine.Registry(), engine.Sessions(), log, tracer)
 }
 
 // Open reads the function definitions, registers the fan-outs, opens the
@@ -188,7 +187,7 @@ func Open(ctx context.Context, cfg config.Config, fanouts []functions.Registrati
 		tracing.Shutdown(ctx)
 		return nil, err
 	}
-	hub, err := openHub(ctx, cfg.TaskHub, engine.Registry(), log, tracing.Tracer)
+	hub, err := openHub(ctx, cfg.TaskHub, engine, log, tracing.Tracer)
 	if err != nil {
 		tracing.Shutdown(ctx)
 		return nil, err

@@ -26,6 +26,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.opentelemetry.io/otel/trace"
 
+	"fanoutfanin/internal/taskhub"
 	"fanoutfanin/internal/telemetry"
 )
 
@@ -132,6 +133,7 @@ const (
 type Engine struct {
 	opts     Options
 	registry *task.TaskRegistry
+	sessions *taskhub.Sessions
 	kinds    []*kind
 }
 
@@ -158,12 +160,16 @@ func New(opts Options) *Engine {
 	if opts.MaxItems <= 0 {
 		opts.MaxItems = MaxItems
 	}
-	return &Engine{opts: opts, registry: task.NewTaskRegistry()}
+	return &Engine{opts: opts, registry: task.NewTaskRegistry(), sessions: taskhub.NewSessions(taskhub.DefaultSessions)}
 }
 
 // Registry is what a task hub worker runs: every registered fan-out's
 // orchestrators and activities.
 func (e *Engine) Registry() *task.TaskRegistry { return e.registry }
+
+// Sessions keep the engine's orchestrations waiting between their steps in
+// a worker that runs them in Sessions, instead of replaying each step.
+func (e *Engine) Sessions() *taskhub.Sessions { return e.sessions }
 
 // Names are the registered fan-outs' names, in the order registered.
 func (e *Engine) Names() []string {
@@ -201,7 +207,7 @@ func Register[I, R, S any](e *Engine, s Spec[I, R, S]) error {
 	if err := s.check(e); err != nil {
 		return fmt.Errorf("fan-out %q: %w", s.Name, err)
 	}
-	f := &runner[I, R, S]{spec: s, names: n, opts: e.opts}
+	f := &runner[I, R, S]{spec: s, names: n, opts: e.opts, sessions: e.sessions}
 	k := &kind{names: n, itemsAre: describe(reflect.TypeFor[I]()), generated: s.Generate != nil, item: f.checkItem}
 	for _, item := range s.DefaultItems {
 		b, err := json.Marshal(item)
@@ -288,9 +294,10 @@ func describe(t reflect.Type) string {
 
 // runner runs one kind of fan-out: its orchestrators and activities.
 type runner[I, R, S any] struct {
-	spec  Spec[I, R, S]
-	names names
-	opts  Options
+	spec     Spec[I, R, S]
+	names    names
+	opts     Options
+	sessions *taskhub.Sessions
 }
 
 // failOnPanic makes a panic in orchestrator o, such as v0.6.0's on a

@@ -187,7 +187,7 @@ func (f *runner[I, R, S]) fanOut(ctx *task.OrchestrationContext, work items, win
 		return f.fanOutBatches(ctx, work, window, batchSize, retry, budget)
 	}
 	n := work.len()
-	tasks := slide(ctx, n, window, func(i, _ int) task.Task {
+	tasks := f.slide(ctx, n, window, func(i, _ int) task.Task {
 		item, index := work.at(i), work.first+i
 		return newRetrying(ctx, retry, func(attempt int) task.Task {
 			return ctx.CallActivity(f.names.Work, task.WithRawActivityInput(workJSON(item, index, attempt)))
@@ -229,7 +229,7 @@ func (f *runner[I, R, S]) fanOutBatches(ctx *task.OrchestrationContext, work ite
 	if window > 0 {
 		batches = max(1, window/size)
 	}
-	tasks := slide(ctx, count, batches, func(k, _ int) task.Task {
+	tasks := f.slide(ctx, count, batches, func(k, _ int) task.Task {
 		from := bounds[k]
 		return newBatch(ctx, retry, bounds[k+1]-from, func(pending []int, attempt int) task.Task {
 			return ctx.CallActivity(f.names.Work, task.WithRawActivityInput(batchJSON(work, from, pending, attempt, budget)))
@@ -287,7 +287,7 @@ func (f *runner[I, R, S]) fanOutPartitions(ctx *task.OrchestrationContext, work 
 	}
 	budget := summaryBytes(plan.ListBytes)
 	stepBytes := 0 // partitions' inputs started in this step
-	tasks := slide(ctx, count, running, func(k, slot int) task.Task {
+	tasks := f.slide(ctx, count, running, func(k, slot int) task.Task {
 		p := work.slice(k*size, min(n, (k+1)*size))
 		p.Window = share(slot)
 		p.Retry = plan.Retry
@@ -299,7 +299,7 @@ func (f *runner[I, R, S]) fanOutPartitions(ctx *task.OrchestrationContext, work 
 		if plan.StepBytes > 0 && stepBytes > 0 && stepBytes+len(input) > plan.StepBytes {
 			// A step must stay under the scheduler's message limit: end
 			// this one, with a timer due at once, and start the rest after.
-			ctx.CreateTimer(0).Await(nil)
+			f.wait(ctx, ctx.CreateTimer(0))
 			stepBytes = 0
 		}
 		stepBytes += len(input)
@@ -382,6 +382,7 @@ func (f *runner[I, R, S]) aggregateAll(ctx *task.OrchestrationContext, results, 
 		}
 		merged := make([]json.RawMessage, len(groups))
 		for i, t := range sums {
+			f.wait(ctx, t)
 			if err := t.Await(&merged[i]); err != nil {
 				return nil, fmt.Errorf("aggregating the results failed: %w", err)
 			}
@@ -441,7 +442,7 @@ func setProgress(ctx *task.OrchestrationContext, done, total int) {
 // could read past where the next one was started, which v0.6.0 rejects as
 // nondeterminism. So slide waits for every task in order, and asks about the
 // others (report) only when the next thing it does is block, ending the step.
-func slide(ctx *task.OrchestrationContext, n, window int, start func(i, slot int) task.Task, progress func(done []bool)) []task.Task {
+func (f *runner[I, R, S]) slide(ctx *task.OrchestrationContext, n, window int, start func(i, slot int) task.Task, progress func(done []bool)) []task.Task {
 	if window <= 0 || window > n {
 		window = n
 	}
@@ -450,9 +451,9 @@ func slide(ctx *task.OrchestrationContext, n, window int, start func(i, slot int
 		tasks[i] = start(i, i)
 	}
 	for i := range n {
-		if !finished(tasks[i]) {
+		for !finished(tasks[i]) {
 			report(tasks, i, min(n, i+window), progress)
-			tasks[i].Await(nil) // blocks: ends this step until it finishes
+			f.sessions.Park(ctx) // ends this step
 		}
 		if i+window < n {
 			tasks[i+window] = start(i+window, i%window)
@@ -474,6 +475,14 @@ func report(tasks []task.Task, from, to int, progress func(done []bool)) {
 		done[i] = settled(tasks[i])
 	}
 	progress(done)
+}
+
+// wait waits until t has finished: while it has not, the history has no
+// more events, and the step ends (see taskhub.Sessions).
+func (f *runner[I, R, S]) wait(ctx *task.OrchestrationContext, t task.Task) {
+	for !finished(t) {
+		f.sessions.Park(ctx)
+	}
 }
 
 // finished reports whether t has completed or failed. durabletask-go v0.6.0

@@ -25,18 +25,20 @@ import (
 // (internal/telemetry).
 type Executor struct {
 	backend.Executor
-	log    zerolog.Logger
-	work   context.Context
-	tracer trace.Tracer
+	log      zerolog.Logger
+	work     context.Context
+	tracer   trace.Tracer
+	sessions *Sessions
 }
 
 // NewExecutor wraps exec for a hub whose work context is work, recording
-// spans with tracer (nil: none).
-func NewExecutor(exec backend.Executor, log zerolog.Logger, work context.Context, tracer trace.Tracer) Executor {
+// spans with tracer (nil: none), and keeping orchestrations between steps
+// in sessions (nil: none; see Sessions).
+func NewExecutor(exec backend.Executor, log zerolog.Logger, work context.Context, tracer trace.Tracer, sessions *Sessions) Executor {
 	if tracer == nil {
 		tracer = telemetry.Off().Tracer
 	}
-	return Executor{Executor: exec, log: log, work: work, tracer: tracer}
+	return Executor{Executor: exec, log: log, work: work, tracer: tracer, sessions: sessions}
 }
 
 // ActivityLog is the logger an activity run by an Executor has in its
@@ -59,7 +61,11 @@ func (x Executor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, ol
 		}
 	}()
 	old, new = suspensionsThatCount(old, new)
-	res, err = x.Executor.ExecuteOrchestrator(ctx, id, old, new)
+	if x.sessions != nil {
+		res, err = x.sessions.execute(x.Executor, id, old, new)
+	} else {
+		res, err = x.Executor.ExecuteOrchestrator(ctx, id, old, new)
+	}
 	if err == nil {
 		if output, ok := terminatedWith(old, new); ok {
 			EndOrchestration(res.Response, api.RUNTIME_STATUS_TERMINATED, output, nil)
@@ -67,6 +73,11 @@ func (x Executor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, ol
 		if telemetry.Records(x.tracer) {
 			x.recordEnd(res, id, old, new)
 		}
+	}
+	if err != nil {
+		x.sessions.forget(id)
+	} else if _, _, ends := Ending(res); ends {
+		x.sessions.forget(id)
 	}
 	return res, err
 }

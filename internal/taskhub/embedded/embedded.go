@@ -82,7 +82,7 @@ func open(ctx context.Context, cfg config.TaskHub, registry *task.TaskRegistry, 
 		return nil, fmt.Errorf("opening the embedded task hub %s: %w", cfg.EmbeddedFile, err)
 	}
 
-	exec := taskhub.NewExecutor(task.NewTaskExecutor(registry), log, workCtx, tracer)
+	exec := taskhub.NewExecutor(task.NewTaskExecutor(registry), log, workCtx, tracer, nil)
 	orchestrations := backend.NewOrchestrationWorker(be, exec, dtLog, backend.WithMaxParallelism(int32(cfg.MaxConcurrentOrchestrations)))
 	activities := backend.NewActivityTaskWorker(be, exec, dtLog, backend.WithMaxParallelism(int32(cfg.MaxConcurrentActivities)))
 	pollCtx, stopPolling := context.WithCancel(context.WithoutCancel(ctx))

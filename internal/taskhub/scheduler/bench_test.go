@@ -4,15 +4,12 @@ import (
 	"context"
 	"flag"
 	"path/filepath"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/microsoft/durabletask-go/api"
-	"github.com/microsoft/durabletask-go/backend"
 	"github.com/rs/zerolog"
-	"google.golang.org/protobuf/proto"
 
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/config"
@@ -26,38 +23,7 @@ import (
 var (
 	benchItems     = flag.Int("fanout.items", 1000, "BenchmarkSchedulerFanOut: work items per fan-out")
 	benchPartition = flag.Int("fanout.partition", config.DefaultPartitionSize, "BenchmarkSchedulerFanOut: FANOUT_PARTITION_SIZE")
-	benchBytes     = flag.Bool("fanout.bytes", false, "BenchmarkSchedulerFanOut: also count the bytes of the histories replayed (costs CPU)")
 )
-
-// countingExecutor counts what the worker runs: orchestrator steps, the
-// history events each replays, and activities.
-type countingExecutor struct {
-	backend.Executor
-	bytes                            bool
-	steps, past, new, size, activity atomic.Int64
-}
-
-func (c *countingExecutor) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, past, new []*backend.HistoryEvent) (*backend.ExecutionResults, error) {
-	c.steps.Add(1)
-	c.past.Add(int64(len(past)))
-	c.new.Add(int64(len(new)))
-	if c.bytes {
-		n := 0
-		for _, e := range past {
-			n += proto.Size(e)
-		}
-		for _, e := range new {
-			n += proto.Size(e)
-		}
-		c.size.Add(int64(n))
-	}
-	return c.Executor.ExecuteOrchestrator(ctx, id, past, new)
-}
-
-func (c *countingExecutor) ExecuteActivity(ctx context.Context, id api.InstanceID, e *backend.HistoryEvent) (*backend.HistoryEvent, error) {
-	c.activity.Add(1)
-	return c.Executor.ExecuteActivity(ctx, id, e)
-}
 
 // usage is this process's resource usage so far.
 func usage(b *testing.B) syscall.Rusage {
@@ -83,11 +49,8 @@ func BenchmarkSchedulerFanOut(b *testing.B) {
 	addr, _ := dtstest.StartSidecar(b, 0, filepath.Join(b.TempDir(), "sidecar.sqlite"))
 	cfg := hubtest.Config("")
 	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + addr, Host: "127.0.0.1", Address: addr, Auth: config.AuthNone}
-	var counts *countingExecutor
-	hub, err := scheduler.OpenWith(cfg, registry(b), zerolog.Nop(), func(x backend.Executor) backend.Executor {
-		counts = &countingExecutor{Executor: x, bytes: *benchBytes}
-		return counts
-	})
+	e := engine(b)
+	hub, err := scheduler.Open(cfg, e.Registry(), e.Sessions(), zerolog.Nop(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -114,12 +77,10 @@ func BenchmarkSchedulerFanOut(b *testing.B) {
 	b.ReportMetric(float64(sys.Microseconds())/activities, "sys-µs/activity")
 	b.ReportMetric(float64(ru1.Nvcsw-ru0.Nvcsw)/activities, "vcsw/activity")
 	b.ReportMetric(float64(ru1.Nivcsw-ru0.Nivcsw)/activities, "ivcsw/activity")
-	b.ReportMetric(float64(counts.steps.Load())/activities, "steps/activity")
-	b.ReportMetric(float64(counts.past.Load()+counts.new.Load())/activities, "events/activity")
-	b.ReportMetric(float64(counts.new.Load())/float64(max(counts.steps.Load(), 1)), "new-events/step")
-	if *benchBytes {
-		b.ReportMetric(float64(counts.size.Load())/activities, "history-B/activity")
-	}
+	st := e.Sessions().Stats()
+	b.ReportMetric(float64(st.Steps)/activities, "steps/activity")
+	b.ReportMetric(float64(st.Resumed)/float64(max(st.Steps, 1)), "resumed/step")
+	b.ReportMetric(float64(st.Events)/activities, "events/activity")
 }
 
 // waitDone waits for an instance to complete, polling every 50 ms as the

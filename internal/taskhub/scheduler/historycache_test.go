@@ -249,7 +249,7 @@ func sidecarWorker(t *testing.T, addr string, r *task.TaskRegistry) *grpcWorker 
 		t.Fatal(err)
 	}
 	work, stopWork := context.WithCancel(context.Background())
-	exec := taskhub.NewExecutor(task.NewTaskExecutor(r), zerolog.Nop(), work, nil)
+	exec := taskhub.NewExecutor(task.NewTaskExecutor(r), zerolog.Nop(), work, nil, nil)
 	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 2, MaxConcurrentActivities: 2, MaxPayloadBytes: config.DefaultMaxPayloadBytes, MaxStepBytes: config.DefaultMaxStepBytes})
 	w.start()
 	t.Cleanup(func() {

@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/microsoft/durabletask-go/api"
-	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
 
 	"fanoutfanin/functions"
@@ -18,13 +17,13 @@ import (
 )
 
 // registry runs the app's fan-out, its items taking no time.
-func registry(t testing.TB) *task.TaskRegistry {
+func engine(t testing.TB) *fanout.Engine {
 	t.Helper()
 	e := fanout.New(fanout.Options{Log: zerolog.Nop()})
 	if err := fanout.Register(e, functions.Sample(functions.SampleSettings{})); err != nil {
 		t.Fatal(err)
 	}
-	return e.Registry()
+	return e
 }
 
 // Open does not wait for the scheduler, and a client call while it is down
@@ -32,7 +31,8 @@ func registry(t testing.TB) *task.TaskRegistry {
 func TestOpensWhileTheSchedulerIsDown(t *testing.T) {
 	cfg := hubtest.Config("")
 	cfg.Scheduler = &config.Scheduler{Endpoint: "http://127.0.0.1:1", Host: "127.0.0.1", Address: "127.0.0.1:1", Auth: config.AuthNone}
-	hub, err := scheduler.Open(cfg, registry(t), zerolog.Nop(), nil)
+	e := engine(t)
+	hub, err := scheduler.Open(cfg, e.Registry(), e.Sessions(), zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

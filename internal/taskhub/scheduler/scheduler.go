@@ -39,16 +39,18 @@ const clientCallTimeout = 15 * time.Second
 
 // Open connects to the Durable Task Scheduler, or any durabletask gRPC
 // backend, that cfg names and starts a worker for it that runs the
-// orchestrators and activities in registry, recording their spans with
+// orchestrators and activities in registry, keeping orchestrations
+// between their steps in sessions (nil: none), recording their spans with
 // tracer (nil: none). It does not wait for the
 // scheduler: the worker keeps trying until it answers, and client calls made
 // meanwhile fail with a taskhub.UnavailableError.
-func Open(cfg config.TaskHub, registry *task.TaskRegistry, log zerolog.Logger, tracer trace.Tracer) (*taskhub.Hub, error) {
-	return open(cfg, task.NewTaskExecutor(registry), log, tracer)
+func Open(cfg config.TaskHub, registry *task.TaskRegistry, sessions *taskhub.Sessions, log zerolog.Logger, tracer trace.Tracer) (*taskhub.Hub, error) {
+	return open(cfg, registry, sessions, log, tracer, nil)
 }
 
-// open is Open with the executor the worker wraps.
-func open(cfg config.TaskHub, exec backend.Executor, log zerolog.Logger, tracer trace.Tracer) (*taskhub.Hub, error) {
+// open is Open with the worker's executor wrapped by wrap, if given: for
+// tests that watch what the worker runs.
+func open(cfg config.TaskHub, registry *task.TaskRegistry, sessions *taskhub.Sessions, log zerolog.Logger, tracer trace.Tracer, wrap func(backend.Executor) backend.Executor) (*taskhub.Hub, error) {
 	s := cfg.Scheduler
 	cred, err := newCredential(s)
 	if err != nil {
@@ -71,7 +73,11 @@ func open(cfg config.TaskHub, exec backend.Executor, log zerolog.Logger, tracer 
 	}
 
 	workCtx, stopWork := context.WithCancel(context.Background())
-	w := newGRPCWorker(workerConn, taskhub.NewExecutor(exec, log, workCtx, tracer), stopWork, log.With().Str("component", "worker").Logger(), cfg)
+	var exec backend.Executor = taskhub.NewExecutor(task.NewTaskExecutor(registry), log, workCtx, tracer, sessions)
+	if wrap != nil {
+		exec = wrap(exec)
+	}
+	w := newGRPCWorker(workerConn, exec, stopWork, log.With().Str("component", "worker").Logger(), cfg)
 	w.start()
 
 	log.Info().Str("backend", "scheduler").Str("taskHub", cfg.Name).Str("endpoint", s.Endpoint).Str("authentication", string(s.Auth)).
@@ -83,6 +89,7 @@ func open(cfg config.TaskHub, exec backend.Executor, log zerolog.Logger, tracer 
 	c := grpcClient{c: client.NewTaskHubGrpcClient(clientConn, dtLog), conn: clientConn, endpoint: s.Host, hub: cfg.Name, queryBatch: queryBatch(cfg.MaxPayloadBytes)}
 	closeHub := func(ctx context.Context) error {
 		err := w.stop(ctx)
+		sessions.Close()
 		return errors.Join(err, workerConn.Close(), clientConn.Close())
 	}
 	return taskhub.NewHub(c, taskhub.Bounds{MaxPayloadBytes: cfg.MaxPayloadBytes, MaxStepBytes: cfg.MaxStepBytes}, closeHub), nil

@@ -24,7 +24,7 @@ func openOnSidecar(t *testing.T, r *task.TaskRegistry) *taskhub.Hub {
 	addr, _ := dtstest.StartSidecar(t, 0, filepath.Join(t.TempDir(), "sidecar.sqlite"))
 	cfg := hubtest.Config("")
 	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + addr, Host: "127.0.0.1", Address: addr, Auth: config.AuthNone}
-	hub, err := scheduler.Open(cfg, r, zerolog.Nop(), nil)
+	hub, err := scheduler.Open(cfg, r, taskhub.NewSessions(taskhub.DefaultSessions), zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestListingAsksForWhatOneMessageHolds(t *testing.T) {
 	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + srv.Addr(), Host: "127.0.0.1", Address: srv.Addr(), Auth: config.AuthNone}
 	cfg.MaxPayloadBytes = 10 << 20
 	// No orchestrators registered: the instances stay pending.
-	hub, err := scheduler.Open(cfg, task.NewTaskRegistry(), zerolog.Nop(), nil)
+	hub, err := scheduler.Open(cfg, task.NewTaskRegistry(), nil, zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

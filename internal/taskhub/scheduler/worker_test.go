@@ -26,7 +26,7 @@ func startWorker(t *testing.T, srv *dtstest.Server, silent time.Duration) {
 		t.Fatal(err)
 	}
 	work, stopWork := context.WithCancel(context.Background())
-	exec := taskhub.NewExecutor(task.NewTaskExecutor(task.NewTaskRegistry()), zerolog.Nop(), work, nil)
+	exec := taskhub.NewExecutor(task.NewTaskExecutor(task.NewTaskRegistry()), zerolog.Nop(), work, nil, nil)
 	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 2, MaxConcurrentActivities: 2, MaxPayloadBytes: config.DefaultMaxPayloadBytes, MaxStepBytes: config.DefaultMaxStepBytes})
 	w.silentTimeout = silent
 	w.reconnectBase = 10 * time.Millisecond
@@ -114,7 +114,7 @@ func TestWorkerHoldsItsActivityLimit(t *testing.T) {
 		return nil, nil
 	})
 	work, stopWork := context.WithCancel(context.Background())
-	exec := taskhub.NewExecutor(task.NewTaskExecutor(r), zerolog.Nop(), work, nil)
+	exec := taskhub.NewExecutor(task.NewTaskExecutor(r), zerolog.Nop(), work, nil, nil)
 	w := newGRPCWorker(conn, exec, stopWork, zerolog.Nop(), config.TaskHub{Name: "test", Scheduler: s, MaxConcurrentOrchestrations: 1, MaxConcurrentActivities: 2, MaxPayloadBytes: config.DefaultMaxPayloadBytes, MaxStepBytes: config.DefaultMaxStepBytes})
 	for i := range 10 {
 		w.dispatch(activityItem("instance", int32(i), "slow"), encodedHistory{})

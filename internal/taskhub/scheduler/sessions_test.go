@@ -1,0 +1,219 @@
+package scheduler_test
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/backend"
+	"github.com/microsoft/durabletask-go/task"
+	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"fanoutfanin/internal/config"
+	"fanoutfanin/internal/dtstest"
+	"fanoutfanin/internal/fanout"
+	"fanoutfanin/internal/taskhub"
+	"fanoutfanin/internal/taskhub/hubtest"
+	"fanoutfanin/internal/taskhub/scheduler"
+)
+
+// doubled is a fan-out of this test's own: each item n yields 2n; item
+// 999 always fails, and every 250th from 7 fails its first attempt.
+type doubled struct {
+	Sum   int `json:"sum"`
+	Count int `json:"count"`
+}
+
+func doubledEngine(t *testing.T) *fanout.Engine {
+	t.Helper()
+	e := fanout.New(fanout.Options{Log: zerolog.Nop(), PartitionSize: 1000,
+		Retry: &fanout.RetryPolicy{MaxAttempts: 3, FirstDelayMs: 1, Backoff: 2, MaxDelayMs: 4}})
+	err := fanout.Register(e, fanout.Spec[int, int, doubled]{
+		Name: "doubled",
+		Work: func(_ context.Context, it fanout.Item[int]) (int, error) {
+			if it.Value == 999 || (it.Value%250 == 7 && it.Attempt == 1) {
+				return 0, errors.New("failed on purpose")
+			}
+			return 2 * it.Value, nil
+		},
+		Aggregate: fanout.Aggregate[int, doubled]{
+			Add:   func(s doubled, r int) doubled { return doubled{s.Sum + r, s.Count + 1} },
+			Merge: func(a, b doubled) doubled { return doubled{a.Sum + b.Sum, a.Count + b.Count} },
+		},
+		Generate: func(n int) int { return n },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// step is one orchestrator step a worker ran: the history it was given and
+// the response it made.
+type step struct {
+	id       api.InstanceID
+	old, new []*backend.HistoryEvent
+	response proto.Message
+}
+
+// recorder keeps every orchestrator step the worker runs.
+type recorder struct {
+	backend.Executor
+	mu    sync.Mutex
+	steps []step
+}
+
+func (r *recorder) ExecuteOrchestrator(ctx context.Context, id api.InstanceID, old, new []*backend.HistoryEvent) (*backend.ExecutionResults, error) {
+	res, err := r.Executor.ExecuteOrchestrator(ctx, id, old, new)
+	if err == nil {
+		r.mu.Lock()
+		r.steps = append(r.steps, step{id, old, new, canonical(res.Response)})
+		r.mu.Unlock()
+	}
+	return res, err
+}
+
+// canonical is a copy of an orchestrator response with its actions in
+// order: v0.6.0 makes them in a map's order.
+func canonical(res proto.Message) proto.Message {
+	c := proto.Clone(res)
+	m := c.ProtoReflect()
+	list := m.Mutable(m.Descriptor().Fields().ByName("actions")).List()
+	var actions []protoreflect.Value
+	for i := range list.Len() {
+		actions = append(actions, list.Get(i))
+	}
+	id := func(v protoreflect.Value) int64 {
+		a := v.Message()
+		return a.Get(a.Descriptor().Fields().ByName("id")).Int()
+	}
+	slices.SortFunc(actions, func(a, b protoreflect.Value) int { return cmp.Compare(id(a), id(b)) })
+	list.Truncate(0)
+	for _, a := range actions {
+		list.Append(a)
+	}
+	return c
+}
+
+// A worker keeps its orchestrations between their steps: a step of a
+// 1,000-item partition reads its new events, not the whole history. The
+// worker is replaced halfway, as after a restart; the new one replays each
+// history once, then keeps it too. Every step, kept or not, made exactly
+// the response a full replay of its history makes.
+func TestWorkerKeepsOrchestrationsBetweenSteps(t *testing.T) {
+	addr, _ := dtstest.StartSidecar(t, 0, filepath.Join(t.TempDir(), "sidecar.sqlite"))
+	cfg := hubtest.Config("")
+	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + addr, Host: "127.0.0.1", Address: addr, Auth: config.AuthNone}
+	rec := &recorder{}
+	open := func(e *fanout.Engine) *taskhub.Hub {
+		hub, err := scheduler.OpenWith(cfg, e.Registry(), e.Sessions(), func(x backend.Executor) backend.Executor {
+			rec.Executor = x
+			return rec
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return hub
+	}
+	first, second := doubledEngine(t), doubledEngine(t)
+	hub := open(first)
+	client := first.Client(hub.Client, hub.Bounds)
+	const items = 1500
+	started, err := client.Start(context.Background(), "doubled", fanout.Request{Count: items})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Replace the worker once the first partition is under way.
+	p0 := fanout.PartitionID(started.ID, 0)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		md, err := hub.Client.FetchOrchestrationMetadata(context.Background(), api.InstanceID(p0))
+		if err == nil {
+			var p fanout.Progress
+			if json.Unmarshal([]byte(md.SerializedCustomStatus), &p) == nil && p.Completed >= 300 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first partition did not get under way")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := hub.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before := len(rec.steps)
+	hub = open(second)
+	defer hub.Close(context.Background())
+
+	md := waitComplete(t, hub.Client, api.InstanceID(started.ID))
+	var out struct {
+		doubled
+		Failed int `json:"total_items_failed"`
+	}
+	if err := json.Unmarshal([]byte(md.SerializedOutput), &out); err != nil {
+		t.Fatal(err)
+	}
+	if want := items*(items-1) - 2*999; out.Sum != want || out.Count != items-1 || out.Failed != 1 {
+		t.Fatalf("output %s: want sum %d of %d items, 1 failed", md.SerializedOutput, want, items-1)
+	}
+
+	// Each worker resumed most of its steps, and read each event about
+	// once: a full replay per step reads hundreds of times as many.
+	for name, st := range map[string]taskhub.SessionStats{"first": first.Sessions().Stats(), "second": second.Sessions().Stats()} {
+		t.Logf("%s worker: %d steps, %d resumed, %d events read", name, st.Steps, st.Resumed, st.Events)
+		if st.Steps == 0 || st.Resumed*10 < st.Steps*8 {
+			t.Errorf("%s worker resumed %d of %d steps, want most", name, st.Resumed, st.Steps)
+		}
+		if st.Events > 10*items {
+			t.Errorf("%s worker read %d history events for %d items: steps replay their histories", name, st.Events, items)
+		}
+	}
+	if before == 0 || len(rec.steps) == before {
+		t.Fatalf("%d steps before the restart, %d after: want both", before, len(rec.steps)-before)
+	}
+
+	// A full replay of each step's history makes the same response.
+	cold := taskhub.NewExecutor(task.NewTaskExecutor(first.Registry()), zerolog.Nop(), context.Background(), nil, nil)
+	for i, s := range rec.steps {
+		res, err := cold.ExecuteOrchestrator(context.Background(), s.id, s.old, s.new)
+		if err != nil {
+			t.Fatalf("step %d of %s: replay: %v", i, s.id, err)
+		}
+		if got := canonical(res.Response); !proto.Equal(got, s.response) {
+			t.Fatalf("step %d of %s (%d+%d events): the worker sent\n%v\na full replay makes\n%v", i, s.id, len(s.old), len(s.new), s.response, got)
+		}
+	}
+}
+
+// waitComplete waits for an instance to complete and returns it.
+func waitComplete(t *testing.T, c taskhub.Client, id api.InstanceID) *api.OrchestrationMetadata {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		md, err := c.FetchOrchestrationMetadata(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if md.IsComplete() {
+			if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+				t.Fatalf("instance %s: %v: %v", id, md.RuntimeStatus, md.FailureDetails)
+			}
+			return md
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("instance %s did not finish", id)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,380 @@
+package taskhub
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/microsoft/durabletask-go/api"
+	"github.com/microsoft/durabletask-go/backend"
+	"github.com/microsoft/durabletask-go/task"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// DefaultSessions is how many orchestrations a worker keeps running between
+// their steps. A partition of 1,000 items holds some hundreds of kB while it
+// waits.
+const DefaultSessions = 64
+
+// Sessions keeps orchestrations running between their steps, so that a step
+// costs what its new events cost, not a replay of the whole history: what
+// Durable Functions calls extended sessions and Temporal a sticky cache.
+//
+// durabletask-go v0.6.0 runs an orchestrator from its start at every step:
+// an Await that finds no more history ends the step by panicking. An
+// orchestrator that calls Park instead of such an Await stays where it is,
+// in its goroutine, until the next step of the same history arrives; the
+// next step then feeds it only the events it has not seen, through v0.6.0's
+// own event handling. A step whose history does not extend what the
+// orchestrator has seen (another execution; a worker that lost it), or that
+// arrives while it is still busy, replays in full, as v0.6.0 would: so
+// whatever the cache holds, an orchestrator sees exactly the history the
+// step carries, and produces exactly the actions a full replay would.
+//
+// Nil Sessions keep nothing: Park blocks as Await does.
+type Sessions struct {
+	max int
+
+	mu   sync.Mutex
+	byID map[api.InstanceID]*session
+
+	steps, resumed, replayed atomic.Uint64
+}
+
+// NewSessions keeps at most max orchestrations between steps.
+func NewSessions(max int) *Sessions {
+	return &Sessions{max: max, byID: make(map[api.InstanceID]*session)}
+}
+
+// SessionStats count a worker's orchestrator steps: how many resumed an
+// orchestration kept waiting, and how many history events the
+// orchestrators processed in all (a full replay processes every event of
+// the history; a resumed step only the new ones).
+type SessionStats struct{ Steps, Resumed, Events uint64 }
+
+// Stats returns the counts so far.
+func (s *Sessions) Stats() SessionStats {
+	return SessionStats{Steps: s.steps.Load(), Resumed: s.resumed.Load(), Events: s.replayed.Load()}
+}
+
+// session is one orchestration kept between steps: the goroutine running
+// it waits in Park.
+type session struct {
+	id  api.InstanceID
+	ctx *task.OrchestrationContext // its context, known from its first Park
+	// The history the orchestration has processed: the last step's.
+	old, new []*backend.HistoryEvent
+	resume   chan bool    // true: the context has more events; false: stop
+	out      chan outcome // what a step came to
+	busy     bool         // running a step; guarded by Sessions.mu
+	parked   bool         // waiting in Park
+}
+
+// outcome is where a session's step ended: parked, or with the
+// orchestrator's results or failure.
+type outcome struct {
+	parked bool
+	res    *backend.ExecutionResults
+	err    error
+}
+
+// Park ends the orchestrator's step, as an Await of a task that is not
+// done would: call it only when the history has no more events (an Await
+// of the task the orchestrator waits for has just reported it blocked).
+// When ctx's orchestration runs in a session, Park returns once the next
+// step's events are in ctx, and the orchestrator goes on reading them;
+// otherwise, or when the session is stopped, it panics with
+// task.ErrTaskBlocked, as v0.6.0's Await does: a stopped session's step
+// ends, and no one waits for its results.
+func (s *Sessions) Park(ctx *task.OrchestrationContext) {
+	se := s.sessionOf(ctx)
+	if se == nil {
+		panic(task.ErrTaskBlocked)
+	}
+	se.out <- outcome{parked: true}
+	if !<-se.resume {
+		panic(task.ErrTaskBlocked)
+	}
+}
+
+// sessionOf is the session that runs ctx, if any.
+func (s *Sessions) sessionOf(ctx *task.OrchestrationContext) *session {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	se := s.byID[ctx.ID]
+	s.mu.Unlock()
+	if se == nil || !se.busy {
+		return nil
+	}
+	if se.ctx == nil {
+		// Its first Park: ctx is the session's if it reads the very events
+		// the session gave its executor, not another run's of the same
+		// instance.
+		if _, new := contextEvents(ctx); unsafe.SliceData(*new) != unsafe.SliceData(se.new) {
+			return nil
+		}
+		se.ctx = ctx
+	}
+	if se.ctx != ctx {
+		return nil
+	}
+	return se
+}
+
+// execute runs one step of instance id with exec (v0.6.0's executor): in
+// its session if the history extends the session's, else in a new one.
+func (s *Sessions) execute(exec backend.Executor, id api.InstanceID, old, new []*backend.HistoryEvent) (*backend.ExecutionResults, error) {
+	s.steps.Add(1)
+	s.mu.Lock()
+	se := s.byID[id]
+	if se != nil && se.busy {
+		// Another step of the same instance is running (a redelivered work
+		// item): this one replays on its own.
+		s.mu.Unlock()
+		s.replayed.Add(uint64(len(old) + len(new)))
+		return exec.ExecuteOrchestrator(context.Background(), id, old, new)
+	}
+	resume := se != nil && se.parked && se.extendedBy(old, new)
+	if se != nil && !resume {
+		s.stop(se)
+		se = nil
+	}
+	if se == nil {
+		se = &session{id: id, resume: make(chan bool, 1), out: make(chan outcome, 1)}
+		s.add(se)
+	}
+	se.busy = true
+	s.mu.Unlock()
+
+	if resume {
+		s.resumed.Add(1)
+		s.replayed.Add(uint64(len(old) + len(new) - se.seen()))
+		setContextEvents(se.ctx, old, new)
+		se.old, se.new = old, new
+		se.parked = false
+		se.resume <- true
+	} else {
+		s.replayed.Add(uint64(len(old) + len(new)))
+		// A copy of new of the session's own: how Park knows its context.
+		se.old, se.new = old, slices.Clone(new)
+		go se.run(exec)
+	}
+	o := <-se.out
+
+	s.mu.Lock()
+	se.busy = false
+	switch {
+	case !o.parked:
+		// The orchestrator returned, or failed: its goroutine has ended.
+		s.drop(se)
+		s.mu.Unlock()
+		return o.res, o.err
+	case contextIndex(se.ctx) != se.seen():
+		// Parked before reading every event, which is no step's end: a
+		// full replay says where the step ends.
+		se.parked = true
+		s.stop(se)
+		s.mu.Unlock()
+		s.replayed.Add(uint64(len(old) + len(new)))
+		return exec.ExecuteOrchestrator(context.Background(), id, old, new)
+	}
+	// Read before another step may resume it.
+	res := results(id, se.ctx)
+	se.parked = true
+	s.mu.Unlock()
+	return res, nil
+}
+
+// run runs the session's first step, then its later ones as Park lets
+// them in, until the orchestrator returns or is stopped. out has room for
+// the last outcome even when no one reads it.
+func (se *session) run(exec backend.Executor) {
+	defer func() {
+		if p := recover(); p != nil {
+			se.out <- outcome{err: fmt.Errorf("orchestrator panicked: %v", p)}
+		}
+	}()
+	res, err := exec.ExecuteOrchestrator(context.Background(), se.id, se.old, se.new)
+	se.out <- outcome{res: res, err: err}
+}
+
+// seen is how many events the session's orchestration has read.
+func (se *session) seen() int { return len(se.old) + len(se.new) }
+
+// extendedBy reports whether a history old+new begins with the events the
+// session has read, the same events in the same order. Events are
+// compared as pointers first: the scheduler path decodes an event once and
+// hands the same one to every step. Else by what identifies an event in
+// one execution's history, which is only appended to: its kind, id and
+// time; and the start, which names the execution, in full.
+func (se *session) extendedBy(old, new []*backend.HistoryEvent) bool {
+	n := se.seen()
+	if len(old)+len(new) < n {
+		return false
+	}
+	at := func(old, new []*backend.HistoryEvent, i int) *backend.HistoryEvent {
+		if i < len(old) {
+			return old[i]
+		}
+		return new[i-len(old)]
+	}
+	for i := range n {
+		if !sameEvent(at(se.old, se.new, i), at(old, new, i)) {
+			return false
+		}
+	}
+	return true
+}
+
+func sameEvent(a, b *backend.HistoryEvent) bool {
+	if a == b {
+		return true
+	}
+	if a.GetEventId() != b.GetEventId() || reflect.TypeOf(a.GetEventType()) != reflect.TypeOf(b.GetEventType()) ||
+		a.GetTimestamp().GetSeconds() != b.GetTimestamp().GetSeconds() || a.GetTimestamp().GetNanos() != b.GetTimestamp().GetNanos() {
+		return false
+	}
+	return a.GetExecutionStarted() == nil || proto.Equal(a, b)
+}
+
+// add keeps se, stopping a waiting session chosen at random while there
+// are too many. s.mu is held.
+func (s *Sessions) add(se *session) {
+	for len(s.byID) >= s.max {
+		stopped := false
+		for _, other := range s.byID { // map order: as good as random
+			if !other.busy {
+				s.stop(other)
+				stopped = true
+				break
+			}
+		}
+		if !stopped {
+			break // all busy: they hold their goroutines anyway
+		}
+	}
+	s.byID[se.id] = se
+}
+
+// stop ends a session that is not busy, unwinding its goroutine if it is
+// waiting. s.mu is held.
+func (s *Sessions) stop(se *session) {
+	if se.parked {
+		se.parked = false
+		se.resume <- false
+	}
+	s.drop(se)
+}
+
+func (s *Sessions) drop(se *session) {
+	if s.byID[se.id] == se {
+		delete(s.byID, se.id)
+	}
+}
+
+// forget stops id's session if it waits: its orchestration has ended.
+func (s *Sessions) forget(id api.InstanceID) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if se := s.byID[id]; se != nil && !se.busy {
+		s.stop(se)
+	}
+}
+
+// Close stops every waiting session: the worker has stopped.
+func (s *Sessions) Close() {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, se := range s.byID {
+		if !se.busy {
+			s.stop(se)
+		}
+	}
+}
+
+// v0.6.0's OrchestrationContext keeps what a step needs in unexported
+// fields; these reach them. contextFields checks, once, that they are
+// there with the types expected, so that a durabletask-go that changes
+// them fails every test at once instead of misbehaving.
+var contextFields = sync.OnceValue(func() map[string]reflect.StructField {
+	t := reflect.TypeFor[task.OrchestrationContext]()
+	events := reflect.TypeFor[[]*backend.HistoryEvent]()
+	want := map[string]func(reflect.Type) bool{
+		"oldEvents":      func(ft reflect.Type) bool { return ft == events },
+		"newEvents":      func(ft reflect.Type) bool { return ft == events },
+		"historyIndex":   func(ft reflect.Type) bool { return ft.Kind() == reflect.Int },
+		"isSuspended":    func(ft reflect.Type) bool { return ft.Kind() == reflect.Bool },
+		"customStatus":   func(ft reflect.Type) bool { return ft.Kind() == reflect.String },
+		"pendingActions": func(ft reflect.Type) bool { return ft.Kind() == reflect.Map && ft.Key().Kind() == reflect.Int32 },
+	}
+	fields := make(map[string]reflect.StructField)
+	for name, ok := range want {
+		f, found := t.FieldByName(name)
+		if !found || !ok(f.Type) {
+			panic(fmt.Sprintf("durabletask-go's OrchestrationContext has no field %s of the type expected: Sessions need v0.6.0's", name))
+		}
+		fields[name] = f
+	}
+	return fields
+})
+
+// field points to ctx's unexported field name.
+func field[T any](ctx *task.OrchestrationContext, name string) *T {
+	return (*T)(unsafe.Add(unsafe.Pointer(ctx), contextFields()[name].Offset))
+}
+
+func contextEvents(ctx *task.OrchestrationContext) (old, new *[]*backend.HistoryEvent) {
+	return field[[]*backend.HistoryEvent](ctx, "oldEvents"), field[[]*backend.HistoryEvent](ctx, "newEvents")
+}
+
+func setContextEvents(ctx *task.OrchestrationContext, old, new []*backend.HistoryEvent) {
+	o, n := contextEvents(ctx)
+	*o, *n = old, new
+}
+
+// contextIndex is how many events ctx has read.
+func contextIndex(ctx *task.OrchestrationContext) int { return *field[int](ctx, "historyIndex") }
+
+// results are a parked orchestration's step results, as v0.6.0's executor
+// makes them when its orchestrator blocks: the actions not yet matched by
+// the history (none while suspended), in order, and the custom status.
+func results(id api.InstanceID, ctx *task.OrchestrationContext) *backend.ExecutionResults {
+	res := &backend.ExecutionResults{}
+	rv := reflect.ValueOf(res).Elem().FieldByName("Response")
+	rv.Set(reflect.New(rv.Type().Elem()))
+	m := rv.Interface().(proto.Message).ProtoReflect()
+	fields := m.Descriptor().Fields()
+	m.Set(fields.ByName("instanceId"), protoreflect.ValueOfString(string(id)))
+	m.Set(fields.ByName("customStatus"), protoreflect.ValueOfMessage(wrapperspb.String(*field[string](ctx, "customStatus")).ProtoReflect()))
+	if *field[bool](ctx, "isSuspended") {
+		return res
+	}
+	pending := reflect.NewAt(contextFields()["pendingActions"].Type, unsafe.Pointer(field[byte](ctx, "pendingActions"))).Elem()
+	ids := make([]int32, 0, pending.Len())
+	for _, k := range pending.MapKeys() {
+		ids = append(ids, int32(k.Int()))
+	}
+	slices.Sort(ids)
+	actions := m.Mutable(fields.ByName("actions")).List()
+	for _, k := range ids {
+		// A copy: the worker adds to the actions it sends, and the
+		// context keeps them until the history records them.
+		a := proto.Clone(pending.MapIndex(reflect.ValueOf(k)).Interface().(proto.Message))
+		actions.Append(protoreflect.ValueOfMessage(a.ProtoReflect()))
+	}
+	return res
+}
