@@ -129,7 +129,7 @@ func (b *batch) settled() bool {
 	if b.done {
 		return true
 	}
-	if b.timer != nil || !finished(b.current) {
+	if b.timer != nil || !done(b.current) {
 		return false
 	}
 	if b.attempt >= b.policy.MaxAttempts {

@@ -7,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/microsoft/durabletask-go/task"
+
+	"fanoutfanin/internal/taskhub"
 )
 
 // RetryPolicy is how a failed item is tried again. It travels in the
@@ -97,7 +99,7 @@ func (r *retrying) Await(v any) error {
 // settled reports, without scheduling anything, whether the call has its
 // outcome: the latest attempt finished and either succeeded or was the last.
 func (r *retrying) settled() bool {
-	if r.timer != nil || !finished(r.current) {
+	if r.timer != nil || !done(r.current) {
 		return false
 	}
 	return r.attempt >= r.policy.MaxAttempts || r.current.Await(nil) == nil
@@ -110,6 +112,17 @@ func settled(t task.Task) bool {
 		return t.settled()
 	case *batch:
 		return t.settled()
+	}
+	return done(t)
+}
+
+// done is finished for a task whose history has been read to its end, as
+// settled's are: it costs v0.6.0's own tasks no Await, which, for a task
+// not done, panics to say so; progress asks this of every running task at
+// every step.
+func done(t task.Task) bool {
+	if d, ok := taskhub.Completed(t); ok {
+		return d
 	}
 	return finished(t)
 }
