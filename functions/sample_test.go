@@ -292,8 +292,49 @@ func jsonValue(t *testing.T, s string) string {
 	if err := json.Unmarshal([]byte(s), &v); err != nil {
 		t.Fatalf("%s: %v", s, err)
 	}
+	if key := duplicateKey(s); key != "" {
+		t.Fatalf("%s: the key %q is there twice", s, key)
+	}
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// duplicateKey is a key that an object of JSON text s has twice, if any:
+// decoding keeps the last, so the text says two things.
+func duplicateKey(s string) string {
+	dec := json.NewDecoder(strings.NewReader(s))
+	var objects []map[string]bool // open objects' keys; nil for an array
+	expectKey := func() bool { return len(objects) > 0 && objects[len(objects)-1] != nil }
+	afterKey := false
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		switch tok {
+		case json.Delim('{'):
+			objects = append(objects, map[string]bool{})
+			afterKey = false
+			continue
+		case json.Delim('['):
+			objects = append(objects, nil)
+			afterKey = false
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			objects = objects[:len(objects)-1]
+			afterKey = false
+			continue
+		}
+		if key, ok := tok.(string); ok && expectKey() && !afterKey {
+			if objects[len(objects)-1][key] {
+				return key
+			}
+			objects[len(objects)-1][key] = true
+			afterKey = true
+			continue
+		}
+		afterKey = false
+	}
 }
 
 // readRecorded reads a history saved as a JSON array of events.

@@ -100,6 +100,21 @@ func (r *record) add(p record) {
 }
 
 // output is a fan-out's output: the summary's fields, then the record's.
+// The summary is read as S first: an aggregation recorded by an earlier
+// version may carry the record's fields too, which would be there twice.
+func (f *runner[I, R, S]) output(summary json.RawMessage, r record) (json.RawMessage, error) {
+	var s S
+	if err := json.Unmarshal(summary, &s); err != nil {
+		return nil, fmt.Errorf("reading the summary: %w", err)
+	}
+	summary, err := json.Marshal(s)
+	if err != nil {
+		return nil, fmt.Errorf("writing the summary: %w", err)
+	}
+	return output(summary, r), nil
+}
+
+// output is a fan-out's output: the summary's fields, then the record's.
 func output(summary json.RawMessage, r record) json.RawMessage {
 	if r.FailedItems == nil {
 		r.FailedItems = []FailedItem{}
@@ -154,7 +169,7 @@ func (f *runner[I, R, S]) orchestrate(ctx *task.OrchestrationContext) (any, erro
 	if !ctx.IsReplaying {
 		log.Info().Int("items", n-rec.TotalItemsFailed).Int("failed", rec.TotalItemsFailed).Msg("fan-in complete")
 	}
-	return output(summary, rec), nil
+	return f.output(summary, rec)
 }
 
 // partition is the partition orchestrator: one partition's fan-out and
@@ -174,7 +189,7 @@ func (f *runner[I, R, S]) partition(ctx *task.OrchestrationContext) (any, error)
 	if err != nil {
 		return nil, err
 	}
-	return output(summary, rec), nil
+	return f.output(summary, rec)
 }
 
 // fanOut runs the work for every item, at most window at once (0: all at
