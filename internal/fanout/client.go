@@ -134,6 +134,9 @@ func (c *Client) start(ctx context.Context, k *kind, plan Plan) (Started, error)
 	budget := c.bounds.MaxPayloadBytes * 3 / 4
 	plan.ListBytes = budget
 	plan.StepBytes = c.bounds.MaxStepBytes * 3 / 4
+	if budget > 0 {
+		plan.PartitionSize = fitPartitions(plan.Items, plan.PartitionSize, budget)
+	}
 	var chunks [][]json.RawMessage
 	if budget > 0 && len(plan.Items) > 0 {
 		if input, _ := json.Marshal(plan); len(input) > c.bounds.MaxPayloadBytes {
@@ -178,6 +181,28 @@ func (c *Client) start(ctx context.Context, k *kind, plan Plan) (Started, error)
 	}
 	line.Str("instanceId", s.ID).Int("items", n).Int("parts", s.Parts).Msg("started orchestration")
 	return s, nil
+}
+
+// fitPartitions returns size, or less if a partition of size items would
+// hold more than maxBytes of them as JSON: a partition's items are its
+// input, one payload. Items that JSON writes long (CJK, '<') can make a
+// thousand of them larger than the scheduler takes.
+func fitPartitions(items []json.RawMessage, size, maxBytes int) int {
+	largest := func(size int) int {
+		most := 0
+		for from := 0; from < len(items); from += size {
+			n := 2
+			for _, item := range items[from:min(len(items), from+size)] {
+				n += len(item) + 1
+			}
+			most = max(most, n)
+		}
+		return most
+	}
+	for len(items) > size && size > 1 && largest(size) > maxBytes {
+		size = max(1, min(size-1, size*maxBytes/largest(size)))
+	}
+	return size
 }
 
 // chunk splits items into lists of at most maxBytes of JSON each.

@@ -479,6 +479,44 @@ func TestSummariesAndAggregationsStayWithinTheBound(t *testing.T) {
 	}
 }
 
+// Items that JSON writes six times as long as they are ('<' is \u003c)
+// make partitions smaller than the setting says, so that each partition's
+// input fits one payload.
+func TestPartitionsFitOnePayload(t *testing.T) {
+	e := fanout.New(fanout.Options{Log: zerolog.Nop(), PartitionSize: 100})
+	if err := fanout.Register(e, tallySpec(scoreOf)); err != nil {
+		t.Fatal(err)
+	}
+	const limit = 16 << 10
+	h := openEngine(t, e, taskhub.Bounds{MaxPayloadBytes: limit, MaxStepBytes: 4 * limit})
+	list := make([]string, 200)
+	for i := range list {
+		list[i] = fmt.Sprintf("%03d%s", i, strings.Repeat("<", 200))
+	}
+	items, _ := json.Marshal(list)
+	started, err := h.client.Start(context.Background(), "tally", fanout.Request{Items: items})
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := waitFor(t, h, api.InstanceID(started.ID), complete)
+	var out output
+	if err := json.Unmarshal([]byte(md.SerializedOutput), &out); err != nil {
+		t.Fatal(err)
+	}
+	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED || out.Items != 200 || out.Partitions <= 2 {
+		t.Fatalf("%v, %d items in %d partitions; want 200 items in more than 2", md.RuntimeStatus, out.Items, out.Partitions)
+	}
+	for k := range out.Partitions {
+		history, err := hubtest.History(h.file, fanout.PartitionID(started.ID, k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(taskhub.ExecutionStarted(history, nil).GetExecutionStarted().GetInput().GetValue()); n > limit {
+			t.Errorf("partition %d's input is %d bytes, over the payload limit of %d", k, n, limit)
+		}
+	}
+}
+
 // A summary that cannot be trimmed and is too large fails the fan-out with
 // a message that says what to do.
 func TestASummaryTooLargeWithoutTrimFailsClearly(t *testing.T) {
