@@ -4,12 +4,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -62,33 +65,46 @@ func copyModule(t *testing.T, dir string) {
 	}
 }
 
-// docs/your-own-fan-out.md, followed word for word: its two files
-// added to a copy of this repository, nothing else changed, build and run a
-// fan-out that starts, retries, lists its failures, refuses bad items and
-// is watched like the sample.
-func TestYourOwnFanOutAsTheGuideShows(t *testing.T) {
-	files := guideFiles(t)
+// buildWithFiles adds files (contents by path) to a copy of this
+// repository, builds the handler from it, and returns a function app root
+// with that handler, host.json, and the function folders of the sample,
+// the status function and files.
+func buildWithFiles(t *testing.T, files map[string]string) string {
+	t.Helper()
 	module := t.TempDir()
 	copyModule(t, module)
+	functionFiles := []string{"host.json", "fan_out_fan_in/function.json", "status/function.json"}
 	for path, content := range files {
 		if _, err := os.Stat(path); err == nil {
-			t.Fatalf("%s, which the guide has the user add, already exists in the repository", path)
+			t.Fatalf("%s, which the test adds, already exists in the repository", path)
 		}
 		os.MkdirAll(filepath.Join(module, filepath.Dir(path)), 0o755)
 		if err := os.WriteFile(filepath.Join(module, path), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
+		}
+		if filepath.Base(path) == "function.json" {
+			functionFiles = append(functionFiles, path)
 		}
 	}
 	root := t.TempDir()
 	build := exec.Command("go", "build", "-o", filepath.Join(root, "handler"), ".")
 	build.Dir = module
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building with the guide's files: %v\n%s", err, out)
+		t.Fatalf("building with %s added: %v\n%s", strings.Join(slices.Sorted(maps.Keys(files)), ", "), err, out)
 	}
-	for _, f := range []string{"host.json", "fan_out_fan_in/function.json", "status/function.json", "check_urls/function.json"} {
+	for _, f := range functionFiles {
 		os.MkdirAll(filepath.Join(root, filepath.Dir(f)), 0o755)
 		copyFile(t, filepath.Join(module, f), filepath.Join(root, f), 0o644)
 	}
+	return root
+}
+
+// docs/your-own-fan-out.md, followed word for word: its two files
+// added to a copy of this repository, nothing else changed, build and run a
+// fan-out that starts, retries, lists its failures, refuses bad items and
+// is watched like the sample.
+func TestYourOwnFanOutAsTheGuideShows(t *testing.T) {
+	root := buildWithFiles(t, guideFiles(t))
 
 	var mu sync.Mutex
 	hits := map[string]int{}
