@@ -16,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/chromedp/chromedp"
 )
 
 // guideFiles returns the files docs/your-own-fan-out.md walks a user
@@ -174,4 +176,83 @@ func TestYourOwnFanOutAsTheGuideShows(t *testing.T) {
 	// The sample runs beside it, unchanged.
 	_, _, sample := p.forward(t, "POST", "/api/fan_out_fan_in", `{"workItems": ["Task1"]}`)
 	pollStatus(t, p, sample["id"].(string), "Completed")
+}
+
+// treeFiles returns the files under dir, by their paths in it.
+func treeFiles(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		rel, _ := filepath.Rel(dir, path)
+		files[filepath.ToSlash(rel)] = string(data)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// The status page shows a fan-out of your own as it shows the sample: its
+// summary's fields, whatever their shape (a number, a map, an object, a
+// list of values, a long one cut short, a list of objects), and its
+// result in the list, counted from the engine's fields and its progress
+// (testdata/count_stock_app, partitioned here to merge summaries too).
+func TestYourOwnFanOutOnTheStatusPage(t *testing.T) {
+	b := newBrowser(t)
+	root := buildWithFiles(t, treeFiles(t, "internal/e2e/testdata/count_stock_app"))
+	p := startHandler(t, root, embedded(t, root, "FANOUT_PARTITION_SIZE", "5", "FANOUT_ITEM_MAX_ATTEMPTS", "1"))
+	p.waitReady(t)
+
+	type count struct {
+		SKU   string `json:"sku"`
+		Shelf string `json:"shelf"`
+		Qty   int    `json:"qty"`
+	}
+	var items []count
+	for i, qty := range []int{5, 12, 0, 7, 3, 40, 8, 0, 2, 9, 1, 6} {
+		items = append(items, count{fmt.Sprintf("A-%02d", i+1), []string{"north", "south"}[i%2], qty})
+		if i == 4 {
+			items = append(items, count{"X-99", "north", -1}) // fails
+		}
+	}
+	body, _ := json.Marshal(map[string]any{"workItems": items})
+	code, _, started := p.forward(t, "POST", "/api/count_stock", string(body))
+	if code != http.StatusAccepted {
+		t.Fatalf("start: %d %v", code, started)
+	}
+	id := started["id"].(string)
+	pollStatus(t, p, id, "Completed")
+
+	b.run(t, "opening the instance page", chromedp.Navigate(p.url("/api/status/"+id)))
+	b.waitFor(t, "its summary and failed item", `document.querySelector('#summary dd') !== null &&
+		document.querySelectorAll('#failed-body tr').length === 1`)
+	var summary string
+	b.eval(t, `document.getElementById('summary').innerText`, &summary)
+	for _, want := range []string{
+		"Processed\n12",
+		"Failed\n1",
+		"Units\n93",
+		"By shelf\nnorth: 19, south: 74",
+		"Largest\nsku: A-06, shelf: south, qty: 40",
+		"Counted\nA-01, A-02, A-03, A-04, A-05, A-06, A-07, A-08, A-09, A-10, and 2 more",
+		"Shelves\nnorth, south",
+		"Empty\nsku: A-03, shelf: north, qty: 0; sku: A-08, shelf: south, qty: 0",
+		"Partitions\n3",
+	} {
+		if !strings.Contains(summary, want) {
+			t.Errorf("summary %q lacks %q", summary, want)
+		}
+	}
+	b.fits(t, "a fan-out of your own")
+	b.screenshot(t, filepath.Join(artifactDir(), t.Name()+".png"))
+
+	b.run(t, "opening the list", chromedp.Navigate(p.url("/api/status")))
+	b.waitFor(t, "its result in the list", fmt.Sprintf(`[...document.querySelectorAll('#list-body tr')].some((tr) =>
+		tr.cells[0].textContent === %s && tr.cells[6].textContent === '12 processed, 1 failed')`, jsString(id)))
+	b.check(t)
 }
