@@ -4,7 +4,9 @@
 'use strict';
 
 const REFRESH_MS = 1500;
-const PARTITION = 'fan_out_fan_in_partition';
+// A partition's instance id is its fan-out's, then :p and its number,
+// whatever the fan-out.
+const isPartition = (st) => /:p\d+$/.test(st.instanceId || '');
 const FINISHED = new Set(['Completed', 'Failed', 'Terminated', 'Canceled']);
 const STATUSES = new Set(['Pending', 'Running', 'Completed', 'ContinuedAsNew', 'Failed', 'Canceled', 'Terminated', 'Suspended']);
 
@@ -517,7 +519,7 @@ function instanceView() {
     }
     $('details').hidden = false;
     render(st);
-    if (st.name !== PARTITION) await refreshPartitions(st);
+    if (!isPartition(st)) await refreshPartitions(st);
     // A finished instance does not change: this was the last look.
     return !FINISHED.has(st.runtimeStatus);
   }
@@ -560,7 +562,7 @@ function instanceView() {
     $('created').replaceChildren(timeElement(st.createdTime));
     $('updated').replaceChildren(timeElement(st.lastUpdatedTime));
 
-    const partition = st.name === PARTITION;
+    const partition = isPartition(st);
     let any = false;
     for (const button of $('actions').querySelectorAll('button')) {
       // A partition is managed through its fan-out.

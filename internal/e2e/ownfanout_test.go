@@ -251,6 +251,12 @@ func TestYourOwnFanOutOnTheStatusPage(t *testing.T) {
 	b.fits(t, "a fan-out of your own")
 	b.screenshot(t, filepath.Join(artifactDir(), t.Name()+".png"))
 
+	// Its partitions are managed through it: a partition's page offers no
+	// action, whatever the fan-out.
+	b.run(t, "opening a partition's page", chromedp.Navigate(p.url("/api/status/"+id+":p0")))
+	b.waitFor(t, "the partition, with no action", `!document.getElementById('details').hidden &&
+		document.querySelector('#summary dd') !== null && document.getElementById('actions').hidden`)
+
 	b.run(t, "opening the list", chromedp.Navigate(p.url("/api/status")))
 	b.waitFor(t, "its result in the list", fmt.Sprintf(`[...document.querySelectorAll('#list-body tr')].some((tr) =>
 		tr.cells[0].textContent === %s && tr.cells[6].textContent === '12 processed, 1 failed')`, jsString(id)))
