@@ -4,7 +4,9 @@
 'use strict';
 
 const REFRESH_MS = 1500;
-const PARTITION = 'fan_out_fan_in_partition';
+// A partition's instance id is its fan-out's, then :p and its number,
+// whatever the fan-out.
+const isPartition = (st) => /:p\d+$/.test(st.instanceId || '');
 const FINISHED = new Set(['Completed', 'Failed', 'Terminated', 'Canceled']);
 const STATUSES = new Set(['Pending', 'Running', 'Completed', 'ContinuedAsNew', 'Failed', 'Canceled', 'Terminated', 'Suspended']);
 
@@ -119,10 +121,28 @@ function readable(key) {
   return words.charAt(0).toUpperCase() + words.slice(1);
 }
 
+// A list or an object in a summary shows its first LIST_ITEMS entries,
+// then how many more it has: enough to recognise it, short enough to read
+// as a fact. (The API has the whole of it.)
+const LIST_ITEMS = 10;
+// A fact longer than this many characters takes a row of its own.
+const WIDE_FACT = 24;
+
 // factValue shows a summary field's value: numbers formatted, yes or no,
-// text as it is, an object of such values as "key: value, …", and anything
-// else as compact JSON.
+// text as it is, an object as "key: value, …", a list as its entries
+// joined, objects in it by "; ". Values nested deeper show as {key: value}
+// and [a, b].
 function factValue(v) {
+  if (Array.isArray(v)) {
+    if (v.length === 0) return 'none';
+    const item = (x) => (isObject(x) ? entriesText(Object.entries(x), keyValue, ', ') || '{}' : nestedValue(x));
+    return entriesText(v, item, v.some(isObject) ? '; ' : ', ');
+  }
+  if (isObject(v)) return entriesText(Object.entries(v), keyValue, ', ') || '–';
+  return nestedValue(v);
+}
+
+function nestedValue(v) {
   switch (typeof v) {
     case 'number':
       return fmtNumber(v);
@@ -131,10 +151,19 @@ function factValue(v) {
     case 'string':
       return v;
   }
-  if (isObject(v) && Object.values(v).every((x) => x === null || typeof x !== 'object')) {
-    return Object.entries(v).map(([k, x]) => `${k}: ${factValue(x)}`).join(', ') || '–';
-  }
-  return v === null || v === undefined ? '–' : JSON.stringify(v);
+  if (Array.isArray(v)) return '[' + entriesText(v, nestedValue, ', ') + ']';
+  if (isObject(v)) return '{' + entriesText(Object.entries(v), keyValue, ', ') + '}';
+  return '–'; // null
+}
+
+const keyValue = ([k, v]) => `${k}: ${nestedValue(v)}`;
+
+// entriesText shows the first LIST_ITEMS entries, each with show, joined
+// by sep, and how many more there are.
+function entriesText(entries, show, sep) {
+  const shown = entries.slice(0, LIST_ITEMS).map(show);
+  if (entries.length > LIST_ITEMS) shown.push(`and ${fmtNumber(entries.length - LIST_ITEMS)} more`);
+  return shown.join(sep);
 }
 
 // progressOf is {completed, total}, either null when not known yet.
@@ -142,13 +171,17 @@ function progressOf(st) {
   const cs = isObject(st.customStatus) ? st.customStatus : {};
   let completed = Number.isFinite(cs.completed) ? cs.completed : null;
   let total = Number.isFinite(cs.total) ? cs.total : null;
-  if (st.runtimeStatus === 'Completed') {
-    const out = isObject(st.output) ? st.output : {};
-    const n = (out.total_items_processed || 0) + (out.total_items_failed || 0);
-    if (total === null && n > 0) total = n;
-    completed = total;
-  }
+  if (st.runtimeStatus === 'Completed') completed = total;
   return { completed, total };
+}
+
+// processedOf is how many items of a completed fan-out succeeded: its
+// items (progress) less those the engine recorded as failed; null if
+// either is unknown.
+function processedOf(st) {
+  const { total } = progressOf(st);
+  const failed = isObject(st.output) ? st.output.total_items_failed : undefined;
+  return total !== null && Number.isFinite(failed) ? Math.max(total - failed, 0) : null;
 }
 
 // timing is how long the instance has run (until its last update once it
@@ -194,11 +227,15 @@ function progressText(st) {
 function resultText(st) {
   const out = st.output;
   switch (st.runtimeStatus) {
-    case 'Completed':
-      if (!isObject(out)) return 'Completed';
-      return out.total_items_failed
-        ? `${fmtNumber(out.total_items_processed)} processed, ${fmtNumber(out.total_items_failed)} failed`
-        : `${fmtNumber(out.total_items_processed)} processed`;
+    case 'Completed': {
+      // Every fan-out's output has the engine's count of failed items;
+      // the progress has how many items there were.
+      const failed = isObject(out) && Number.isFinite(out.total_items_failed) ? out.total_items_failed : null;
+      const processed = processedOf(st);
+      if (failed === null) return 'Completed';
+      if (processed === null) return failed ? `${fmtNumber(failed)} failed` : 'Completed';
+      return failed ? `${fmtNumber(processed)} processed, ${fmtNumber(failed)} failed` : `${fmtNumber(processed)} processed`;
+    }
     case 'Failed':
       return typeof out === 'string' ? out : 'Failed';
     case 'Terminated':
@@ -482,7 +519,7 @@ function instanceView() {
     }
     $('details').hidden = false;
     render(st);
-    if (st.name !== PARTITION) await refreshPartitions(st);
+    if (!isPartition(st)) await refreshPartitions(st);
     // A finished instance does not change: this was the last look.
     return !FINISHED.has(st.runtimeStatus);
   }
@@ -525,7 +562,7 @@ function instanceView() {
     $('created').replaceChildren(timeElement(st.createdTime));
     $('updated').replaceChildren(timeElement(st.lastUpdatedTime));
 
-    const partition = st.name === PARTITION;
+    const partition = isPartition(st);
     let any = false;
     for (const button of $('actions').querySelectorAll('button')) {
       // A partition is managed through its fan-out.
@@ -537,22 +574,22 @@ function instanceView() {
     document.title = `${status || 'Instance'} · ${instanceId} · Fan-out/fan-in`;
   }
 
-  // summaryFacts lists a summary's fields as [label, value, tone]: the
-  // counts first (every fan-out's output has the failed one), then every
-  // other field in its order, under its own name made readable. Lists the
-  // page shows apart, or that would be too long to read as a fact, are left
-  // out.
-  function summaryFacts(out) {
+  // summaryFacts lists a completed fan-out's summary as [label, value,
+  // tone, wide]: the counts first, processed (its items less the failed)
+  // and failed (every fan-out's output has that count), then every other
+  // field in its order, under its own name made readable; wide for a list
+  // or an object. Left out are the engine's fields the page shows apart,
+  // and the sample's own count and list of processed items: the first fact
+  // says as much, and the list is as long as the fan-out.
+  function summaryFacts(st, out) {
     const facts = [];
-    if (typeof out.total_items_processed === 'number') {
-      facts.push(['Processed', fmtNumber(out.total_items_processed), 'good']);
-    }
+    const processed = processedOf(st);
+    if (processed !== null) facts.push(['Processed', fmtNumber(processed), 'good']);
     facts.push(['Failed', fmtNumber(out.total_items_failed), out.total_items_failed ? 'bad' : '']);
-    const shown = new Set(['total_items_processed', 'total_items_failed', 'partitions', 'success',
-      'failed_items', 'failed_items_omitted', 'processed_items', 'processed_items_omitted']);
+    const shown = new Set(['total_items_failed', 'failed_items', 'failed_items_omitted', 'success', 'partitions',
+      'total_items_processed', 'processed_items', 'processed_items_omitted']);
     for (const [key, value] of Object.entries(out)) {
-      if (shown.has(key) || Array.isArray(value)) continue;
-      facts.push([readable(key), factValue(value)]);
+      if (!shown.has(key)) facts.push([readable(key), factValue(value), '', value !== null && typeof value === 'object']);
     }
     if (out.partitions) facts.push(['Partitions', fmtNumber(out.partitions)]);
     return facts;
@@ -564,7 +601,7 @@ function instanceView() {
     const facts = [];
     failure.hidden = true;
     if (status === 'Completed' && isObject(out)) {
-      facts.push(...summaryFacts(out));
+      facts.push(...summaryFacts(st, out));
     } else if (status === 'Failed' || status === 'Terminated') {
       const text = typeof st.output === 'string' ? st.output : st.output === null ? '' : JSON.stringify(st.output);
       const head = document.createElement('strong');
@@ -572,13 +609,18 @@ function instanceView() {
       failure.replaceChildren(head, text || (status === 'Failed' ? 'No message.' : 'No reason given.'));
       failure.hidden = false;
     }
-    summary.replaceChildren(...facts.map(([term, value, tone]) => {
+    summary.replaceChildren(...facts.map(([term, value, tone, wide]) => {
       const div = document.createElement('div');
       if (tone) div.className = tone;
       const dt = document.createElement('dt');
       dt.textContent = term;
       const dd = document.createElement('dd');
       dd.textContent = value;
+      // A list, an object or a long text takes a whole row, in smaller type.
+      if (wide || value.length > WIDE_FACT) {
+        div.classList.add('wide');
+        dd.className = 'small';
+      }
       div.append(dt, dd);
       return div;
     }));

@@ -4,15 +4,20 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/chromedp/chromedp"
 )
 
 // guideFiles returns the files docs/your-own-fan-out.md walks a user
@@ -62,33 +67,46 @@ func copyModule(t *testing.T, dir string) {
 	}
 }
 
-// docs/your-own-fan-out.md, followed word for word: its two files
-// added to a copy of this repository, nothing else changed, build and run a
-// fan-out that starts, retries, lists its failures, refuses bad items and
-// is watched like the sample.
-func TestYourOwnFanOutAsTheGuideShows(t *testing.T) {
-	files := guideFiles(t)
+// buildWithFiles adds files (contents by path) to a copy of this
+// repository, builds the handler from it, and returns a function app root
+// with that handler, host.json, and the function folders of the sample,
+// the status function and files.
+func buildWithFiles(t *testing.T, files map[string]string) string {
+	t.Helper()
 	module := t.TempDir()
 	copyModule(t, module)
+	functionFiles := []string{"host.json", "fan_out_fan_in/function.json", "status/function.json"}
 	for path, content := range files {
 		if _, err := os.Stat(path); err == nil {
-			t.Fatalf("%s, which the guide has the user add, already exists in the repository", path)
+			t.Fatalf("%s, which the test adds, already exists in the repository", path)
 		}
 		os.MkdirAll(filepath.Join(module, filepath.Dir(path)), 0o755)
 		if err := os.WriteFile(filepath.Join(module, path), []byte(content), 0o644); err != nil {
 			t.Fatal(err)
+		}
+		if filepath.Base(path) == "function.json" {
+			functionFiles = append(functionFiles, path)
 		}
 	}
 	root := t.TempDir()
 	build := exec.Command("go", "build", "-o", filepath.Join(root, "handler"), ".")
 	build.Dir = module
 	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building with the guide's files: %v\n%s", err, out)
+		t.Fatalf("building with %s added: %v\n%s", strings.Join(slices.Sorted(maps.Keys(files)), ", "), err, out)
 	}
-	for _, f := range []string{"host.json", "fan_out_fan_in/function.json", "status/function.json", "check_urls/function.json"} {
+	for _, f := range functionFiles {
 		os.MkdirAll(filepath.Join(root, filepath.Dir(f)), 0o755)
 		copyFile(t, filepath.Join(module, f), filepath.Join(root, f), 0o644)
 	}
+	return root
+}
+
+// docs/your-own-fan-out.md, followed word for word: its two files
+// added to a copy of this repository, nothing else changed, build and run a
+// fan-out that starts, retries, lists its failures, refuses bad items and
+// is watched like the sample.
+func TestYourOwnFanOutAsTheGuideShows(t *testing.T) {
+	root := buildWithFiles(t, guideFiles(t))
 
 	var mu sync.Mutex
 	hits := map[string]int{}
@@ -158,4 +176,89 @@ func TestYourOwnFanOutAsTheGuideShows(t *testing.T) {
 	// The sample runs beside it, unchanged.
 	_, _, sample := p.forward(t, "POST", "/api/fan_out_fan_in", `{"workItems": ["Task1"]}`)
 	pollStatus(t, p, sample["id"].(string), "Completed")
+}
+
+// treeFiles returns the files under dir, by their paths in it.
+func treeFiles(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		rel, _ := filepath.Rel(dir, path)
+		files[filepath.ToSlash(rel)] = string(data)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// The status page shows a fan-out of your own as it shows the sample: its
+// summary's fields, whatever their shape (a number, a map, an object, a
+// list of values, a long one cut short, a list of objects), and its
+// result in the list, counted from the engine's fields and its progress
+// (testdata/count_stock_app, partitioned here to merge summaries too).
+func TestYourOwnFanOutOnTheStatusPage(t *testing.T) {
+	b := newBrowser(t)
+	root := buildWithFiles(t, treeFiles(t, "internal/e2e/testdata/count_stock_app"))
+	p := startHandler(t, root, embedded(t, root, "FANOUT_PARTITION_SIZE", "5", "FANOUT_ITEM_MAX_ATTEMPTS", "1"))
+	p.waitReady(t)
+
+	type count struct {
+		SKU   string `json:"sku"`
+		Shelf string `json:"shelf"`
+		Qty   int    `json:"qty"`
+	}
+	var items []count
+	for i, qty := range []int{5, 12, 0, 7, 3, 40, 8, 0, 2, 9, 1, 6} {
+		items = append(items, count{fmt.Sprintf("A-%02d", i+1), []string{"north", "south"}[i%2], qty})
+		if i == 4 {
+			items = append(items, count{"X-99", "north", -1}) // fails
+		}
+	}
+	body, _ := json.Marshal(map[string]any{"workItems": items})
+	code, _, started := p.forward(t, "POST", "/api/count_stock", string(body))
+	if code != http.StatusAccepted {
+		t.Fatalf("start: %d %v", code, started)
+	}
+	id := started["id"].(string)
+	pollStatus(t, p, id, "Completed")
+
+	b.run(t, "opening the instance page", chromedp.Navigate(p.url("/api/status/"+id)))
+	b.waitFor(t, "its summary and failed item", `document.querySelector('#summary dd') !== null &&
+		document.querySelectorAll('#failed-body tr').length === 1`)
+	var summary string
+	b.eval(t, `document.getElementById('summary').innerText`, &summary)
+	for _, want := range []string{
+		"Processed\n12",
+		"Failed\n1",
+		"Units\n93",
+		"By shelf\nnorth: 19, south: 74",
+		"Largest\nsku: A-06, shelf: south, qty: 40",
+		"Counted\nA-01, A-02, A-03, A-04, A-05, A-06, A-07, A-08, A-09, A-10, and 2 more",
+		"Shelves\nnorth, south",
+		"Empty\nsku: A-03, shelf: north, qty: 0; sku: A-08, shelf: south, qty: 0",
+		"Partitions\n3",
+	} {
+		if !strings.Contains(summary, want) {
+			t.Errorf("summary %q lacks %q", summary, want)
+		}
+	}
+	b.fits(t, "a fan-out of your own")
+	b.screenshot(t, filepath.Join(artifactDir(), t.Name()+".png"))
+
+	// Its partitions are managed through it: a partition's page offers no
+	// action, whatever the fan-out.
+	b.run(t, "opening a partition's page", chromedp.Navigate(p.url("/api/status/"+id+":p0")))
+	b.waitFor(t, "the partition, with no action", `!document.getElementById('details').hidden &&
+		document.querySelector('#summary dd') !== null && document.getElementById('actions').hidden`)
+
+	b.run(t, "opening the list", chromedp.Navigate(p.url("/api/status")))
+	b.waitFor(t, "its result in the list", fmt.Sprintf(`[...document.querySelectorAll('#list-body tr')].some((tr) =>
+		tr.cells[0].textContent === %s && tr.cells[6].textContent === '12 processed, 1 failed')`, jsString(id)))
+	b.check(t)
 }
