@@ -4,8 +4,9 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
+	"fmt"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -26,22 +27,22 @@ import (
 	"fanoutfanin/internal/taskhub/scheduler"
 )
 
-// doubled is a fan-out of this test's own: each item n yields 2n; item
-// 999 always fails, and every 250th from 7 fails its first attempt.
+// doubled is a fan-out of these tests' own: each item n yields 2n, unless
+// fails says its attempt fails.
 type doubled struct {
 	Sum   int `json:"sum"`
 	Count int `json:"count"`
 }
 
-func doubledEngine(t *testing.T) *fanout.Engine {
+func doubledEngine(t *testing.T, fails func(n, attempt int) bool) *fanout.Engine {
 	t.Helper()
 	e := fanout.New(fanout.Options{Log: zerolog.Nop(), PartitionSize: 1000,
 		Retry: &fanout.RetryPolicy{MaxAttempts: 3, FirstDelayMs: 1, Backoff: 2, MaxDelayMs: 4}})
 	err := fanout.Register(e, fanout.Spec[int, int, doubled]{
 		Name: "doubled",
 		Work: func(_ context.Context, it fanout.Item[int]) (int, error) {
-			if it.Value == 999 || (it.Value%250 == 7 && it.Attempt == 1) {
-				return 0, errors.New("failed on purpose")
+			if fails(it.Value, it.Attempt) {
+				return 0, fmt.Errorf("item %d failed attempt %d on purpose", it.Value, it.Attempt)
 			}
 			return 2 * it.Value, nil
 		},
@@ -124,7 +125,9 @@ func TestWorkerKeepsOrchestrationsBetweenSteps(t *testing.T) {
 		}
 		return hub
 	}
-	first, second := doubledEngine(t), doubledEngine(t)
+	// Item 999 always fails, and every 250th from 7 fails its first attempt.
+	fails := func(n, attempt int) bool { return n == 999 || (n%250 == 7 && attempt == 1) }
+	first, second := doubledEngine(t, fails), doubledEngine(t, fails)
 	hub := open(first)
 	client := first.Client(hub.Client, hub.Bounds)
 	const items = 1500
@@ -215,5 +218,56 @@ func waitComplete(t *testing.T, c taskhub.Client, id api.InstanceID) *api.Orches
 			t.Fatalf("instance %s did not finish", id)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A fan-out in batches has, on the scheduler too, the outcome it has one
+// item at a time: the same summary and the same failed items with their
+// attempts and errors, with retried items (their batches partly failing),
+// items failing every attempt, a window and partitions.
+func TestBatchesGiveTheSameOutcomeOnTheScheduler(t *testing.T) {
+	addr, _ := dtstest.StartSidecar(t, 0, filepath.Join(t.TempDir(), "sidecar.sqlite"))
+	cfg := hubtest.Config("")
+	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + addr, Host: "127.0.0.1", Address: addr, Auth: config.AuthNone}
+	e := doubledEngine(t, func(n, attempt int) bool { return n%20 == 13 || (n%20 == 5 && attempt == 1) })
+	hub, err := scheduler.Open(cfg, e.Registry(), e.Sessions(), zerolog.Nop(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(context.Background())
+	retry := &fanout.RetryPolicy{MaxAttempts: 3, FirstDelayMs: 1, Backoff: 2, MaxDelayMs: 4}
+	for _, layout := range []struct {
+		name string
+		plan fanout.Plan
+	}{
+		{"all at once", fanout.Plan{Count: 60, Retry: retry}},
+		{"window", fanout.Plan{Count: 60, MaxParallelism: 7, Retry: retry}},
+		{"partitions", fanout.Plan{Count: 60, PartitionSize: 25, MaxParallelism: 9, Retry: retry}},
+	} {
+		t.Run(layout.name, func(t *testing.T) {
+			var want any
+			for _, batch := range []int{0, 10} {
+				plan := layout.plan
+				plan.Batch = batch
+				id, err := hub.Client.ScheduleNewOrchestration(context.Background(), "doubled_orchestrator", api.WithInput(plan))
+				if err != nil {
+					t.Fatal(err)
+				}
+				var out any
+				if err := json.Unmarshal([]byte(waitComplete(t, hub.Client, id).SerializedOutput), &out); err != nil {
+					t.Fatal(err)
+				}
+				if batch == 0 {
+					want = out
+					if failed := out.(map[string]any)["total_items_failed"]; failed != 3.0 {
+						t.Fatalf("unbatched: %v, want 3 items failed", out)
+					}
+					continue
+				}
+				if !reflect.DeepEqual(out, want) {
+					t.Errorf("%d items per activity:\n got %v\nwant %v (unbatched)", batch, out, want)
+				}
+			}
+		})
 	}
 }
