@@ -39,8 +39,9 @@ const DefaultSessions = 64
 type Sessions struct {
 	max int
 
-	mu   sync.Mutex
-	byID map[api.InstanceID]*session
+	mu     sync.Mutex
+	byID   map[api.InstanceID]*session
+	closed bool
 
 	steps, resumed, replayed atomic.Uint64
 }
@@ -107,8 +108,8 @@ func (s *Sessions) sessionOf(ctx *task.OrchestrationContext) *session {
 		return nil
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	se := s.byID[ctx.ID]
-	s.mu.Unlock()
 	if se == nil || !se.busy {
 		return nil
 	}
@@ -150,19 +151,22 @@ func (s *Sessions) execute(exec backend.Executor, id api.InstanceID, old, new []
 		s.add(se)
 	}
 	se.busy = true
-	s.mu.Unlock()
-
 	if resume {
 		s.resumed.Add(1)
 		s.replayed.Add(uint64(len(old) + len(new) - se.seen()))
 		setContextEvents(se.ctx, old, new)
 		se.old, se.new = old, new
 		se.parked = false
-		se.resume <- true
 	} else {
 		s.replayed.Add(uint64(len(old) + len(new)))
 		// A copy of new of the session's own: how Park knows its context.
 		se.old, se.new = old, slices.Clone(new)
+	}
+	s.mu.Unlock()
+
+	if resume {
+		se.resume <- true
+	} else {
 		go se.run(exec)
 	}
 	o := <-se.out
@@ -187,6 +191,9 @@ func (s *Sessions) execute(exec backend.Executor, id api.InstanceID, old, new []
 	// Read before another step may resume it.
 	res := results(id, se.ctx)
 	se.parked = true
+	if s.closed {
+		s.stop(se) // the worker stopped while this step ran
+	}
 	s.mu.Unlock()
 	return res, nil
 }
@@ -290,13 +297,15 @@ func (s *Sessions) forget(id api.InstanceID) {
 	}
 }
 
-// Close stops every waiting session: the worker has stopped.
+// Close stops every waiting session, and every session that is busy once
+// its step ends: the worker has stopped.
 func (s *Sessions) Close() {
 	if s == nil {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closed = true
 	for _, se := range s.byID {
 		if !se.busy {
 			s.stop(se)
