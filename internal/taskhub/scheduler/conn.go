@@ -129,6 +129,10 @@ func (p *unclearedPool) Put(b *[]byte) {
 	p.tiers[bits.Len(uint(c))-1].Put(b)
 }
 
+// rawMessage is a message received as it came, to be read apart: a work
+// item, whose history is split without being decoded (splitWorkItem).
+type rawMessage []byte
+
 // protoCodec is gRPC's proto codec with the connection's buffers: gRPC's
 // own takes the buffer a message is decoded from, and encoded into, from
 // its default pool.
@@ -155,6 +159,10 @@ func (c protoCodec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 func (c protoCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if raw, ok := v.(*rawMessage); ok {
+		*raw = data.Materialize()
+		return nil
+	}
 	m, ok := v.(proto.Message)
 	if !ok {
 		return fmt.Errorf("cannot decode into a %T", v)

@@ -75,33 +75,61 @@ func (h *historyBuilder) completed(id int32) {
 		set("result", wrapperspb.String(fmt.Sprint(id*10)))
 }
 
-// encode splits the history at past as a work item carries it.
+// encode splits the history at past as a work item carries it: the past
+// events in one region of the request, the new ones after them.
 func encode(t *testing.T, events []*backend.HistoryEvent, past int) encodedHistory {
 	t.Helper()
-	var h encodedHistory
+	var req []byte
 	for i, e := range events {
 		b, err := proto.Marshal(e)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if i < past {
-			h.past = append(h.past, b)
-		} else {
-			h.new = append(h.new, b)
+		field := fieldOrchestratorPast
+		if i >= past {
+			field = fieldOrchestratorNew
 		}
+		req = protowire.AppendBytes(protowire.AppendTag(req, field, protowire.BytesType), b)
+	}
+	req = protowire.AppendString(protowire.AppendTag(req, 1, protowire.BytesType), "i") // instanceId
+	_, h, err := splitRequest(req)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return h
+}
+
+// streamed is h with its past events one by one, as a streamed history
+// has them.
+func streamed(t *testing.T, h encodedHistory) encodedHistory {
+	t.Helper()
+	past := pastEncoded(t, h)
+	return encodedHistory{past: past, new: h.new}
+}
+
+// pastEncoded is each of h's past events' encoding.
+func pastEncoded(t *testing.T, h encodedHistory) [][]byte {
+	t.Helper()
+	if h.pastRegion == nil {
+		return h.past
+	}
+	past, err := splitRegion(h.pastRegion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return past
 }
 
 // checkDecoded checks that past and new are exactly the events h encodes.
 func checkDecoded(t *testing.T, h encodedHistory, past, new []*backend.HistoryEvent) {
 	t.Helper()
-	if len(past) != len(h.past) || len(new) != len(h.new) {
-		t.Fatalf("decoded %d past and %d new events, want %d and %d", len(past), len(new), len(h.past), len(h.new))
+	encodedPast := pastEncoded(t, h)
+	if len(past) != len(encodedPast) || len(new) != len(h.new) {
+		t.Fatalf("decoded %d past and %d new events, want %d and %d", len(past), len(new), len(encodedPast), len(h.new))
 	}
 	for i, e := range append(append([]*backend.HistoryEvent(nil), past...), new...) {
 		want := &backend.HistoryEvent{}
-		if err := proto.Unmarshal(append(append([][]byte(nil), h.past...), h.new...)[i], want); err != nil {
+		if err := proto.Unmarshal(append(append([][]byte(nil), encodedPast...), h.new...)[i], want); err != nil {
 			t.Fatal(err)
 		}
 		if !proto.Equal(e, want) {
@@ -112,49 +140,82 @@ func checkDecoded(t *testing.T, h encodedHistory, past, new []*backend.HistoryEv
 
 // Each step's history is the last one's and a few events more: those
 // already decoded are taken as they are, and only the new ones decoded.
+// The past events that came as the last step's past come again first, in
+// the same bytes, and are not even read one by one.
 func TestHistoryCacheDecodesEachEventOnce(t *testing.T) {
-	c := newHistoryCache(historyCacheBytes)
-	var h historyBuilder
-	h.started(`"a"`)
-	h.scheduled(0)
-	h.scheduled(1)
-	first := encode(t, h.events, 0)
-	past1, new1, err := c.decode("i", first)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkDecoded(t, first, past1, new1)
+	for _, way := range []struct {
+		name string
+		as   func(*testing.T, encodedHistory) encodedHistory
+	}{
+		{"in a work item", func(_ *testing.T, h encodedHistory) encodedHistory { return h }},
+		{"streamed", streamed},
+	} {
+		t.Run(way.name, func(t *testing.T) {
+			c := newHistoryCache(historyCacheBytes)
+			var h historyBuilder
+			h.started(`"a"`)
+			h.scheduled(0)
+			h.scheduled(1)
+			first := way.as(t, encode(t, h.events, 0))
+			past1, new1, err := c.decode("i", first)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkDecoded(t, first, past1, new1)
 
-	before := len(h.events)
-	h.step()
-	h.completed(0)
-	second := encode(t, h.events, before)
-	past2, new2, err := c.decode("i", second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkDecoded(t, second, past2, new2)
-	for i := range past2 {
-		if past2[i] != new1[i] {
-			t.Errorf("event %d was decoded again, although the step before had it", i)
-		}
-	}
-	if got, want := c.decoded, uint64(before+2); got != want {
-		t.Errorf("events decoded in two steps: %d, want %d (each event once)", got, want)
-	}
+			before := len(h.events)
+			h.step()
+			h.completed(0)
+			second := way.as(t, encode(t, h.events, before))
+			past2, new2, err := c.decode("i", second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkDecoded(t, second, past2, new2)
+			for i := range past2 {
+				if past2[i] != new1[i] {
+					t.Errorf("event %d was decoded again, although the step before had it", i)
+				}
+			}
+			if got, want := c.decoded, uint64(before+2); got != want {
+				t.Errorf("events decoded in two steps: %d, want %d (each event once)", got, want)
+			}
 
-	// Another instance's history shares nothing with this one's.
-	if _, _, err := c.decode("other", second); err != nil {
-		t.Fatal(err)
-	}
-	if got, want := c.decoded, uint64(2*(before+2)); got != want {
-		t.Errorf("events decoded after another instance's step: %d, want %d", got, want)
+			pastThird := len(h.events)
+			h.step()
+			third := way.as(t, encode(t, h.events, pastThird))
+			readBefore := c.read
+			past3, new3, err := c.decode("i", third)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkDecoded(t, third, past3, new3)
+			wantRead := uint64(len(h.events)) // streamed: every event
+			if third.pastRegion != nil {
+				wantRead = uint64(len(second.new) + len(third.new)) // the last step's past is not read again
+			}
+			if got := c.read - readBefore; got != wantRead {
+				t.Errorf("events read one by one in the third step: %d, want %d", got, wantRead)
+			}
+			if got, want := c.decoded, uint64(len(h.events)); got != want {
+				t.Errorf("events decoded in three steps: %d, want %d (each event once)", got, want)
+			}
+
+			// Another instance's history shares nothing with this one's.
+			if _, _, err := c.decode("other", second); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := c.decoded, uint64(len(h.events)+before+2); got != want {
+				t.Errorf("events decoded after another instance's step: %d, want %d", got, want)
+			}
+		})
 	}
 }
 
 // The work item decides what is replayed, whatever the cache holds: a step
 // taken by another worker in between, an instance started again under the
-// same id, a work item with fewer events than the last.
+// same id, a work item with fewer events than the last, a history
+// streamed.
 func TestHistoryCacheFollowsTheWorkItem(t *testing.T) {
 	var h historyBuilder
 	h.started(`"a"`)
@@ -185,7 +246,10 @@ func TestHistoryCacheFollowsTheWorkItem(t *testing.T) {
 	}{
 		{"another worker took a step in between", []encodedHistory{mine, afterOther}, len(mine.new)},
 		{"started again under the same id", []encodedHistory{afterOther, restarted}, 0},
-		{"fewer events than the last step", []encodedHistory{afterOther, mine}, len(mine.new)},
+		// Rare (a work item delivered again after a later one): decoded
+		// afresh, as the cache has the events it shares only as a region.
+		{"fewer events than the last step", []encodedHistory{afterOther, mine}, 0},
+		{"streamed after a work item", []encodedHistory{mine, streamed(t, afterOther)}, len(mine.new)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newHistoryCache(historyCacheBytes)
@@ -196,7 +260,7 @@ func TestHistoryCacheFollowsTheWorkItem(t *testing.T) {
 					t.Fatal(err)
 				}
 				checkDecoded(t, step, past, new)
-				total += uint64(len(step.past) + len(step.new))
+				total += uint64(len(pastEncoded(t, step)) + len(step.new))
 			}
 			if got := int(c.hits); got != tc.wantReused {
 				t.Errorf("events reused: %d, want %d", got, tc.wantReused)
@@ -324,12 +388,17 @@ func TestWorkerDecodesEachHistoryEventOnce(t *testing.T) {
 
 	w.history.mu.Lock()
 	defer w.history.mu.Unlock()
-	t.Logf("history events reused %d, decoded %d", w.history.hits, w.history.decoded)
+	t.Logf("history events reused %d, decoded %d, read one by one %d", w.history.hits, w.history.decoded, w.history.read)
 	// Each step adds some 5 events (OrchestratorStarted, two TaskScheduled,
 	// two TaskCompleted) to the history: decoded at every step, that would
 	// be some 5 × steps²/2 decodings.
 	if w.history.decoded > 8*steps || w.history.hits < 2*steps*steps {
 		t.Errorf("events decoded %d, reused %d; want each of the some %d events decoded about once", w.history.decoded, w.history.hits, 5*steps)
+	}
+	// And read: a step reads its new events, and the last step's, which
+	// now are past events, but not the past events of the last step.
+	if w.history.read > 16*steps {
+		t.Errorf("events read one by one: %d; want each of the some %d events read about twice", w.history.read, 5*steps)
 	}
 	if len(w.history.entries) != 0 {
 		t.Errorf("the finished orchestration's history is still kept")

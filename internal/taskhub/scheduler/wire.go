@@ -238,16 +238,20 @@ func historyChunkEvents(chunk proto.Message) ([][]byte, error) {
 	return events, err
 }
 
-// encodedHistory is an orchestrator work item's history, each event as it
-// was encoded: decoding them is most of the cost of receiving the item, and
-// most of them came in the instance's previous step too (historyCache).
+// encodedHistory is an orchestrator work item's history, its events as
+// they were encoded: decoding them is most of the cost of receiving the
+// item, and most of them came in the instance's previous step too
+// (historyCache). The past events come as the region of the message that
+// holds them back to back, as a work item has them (pastRegion), or one by
+// one (past), as a streamed history has them; the new events one by one.
 type encodedHistory struct {
-	past, new [][]byte
+	pastRegion []byte
+	past, new  [][]byte
 }
 
-// splitWorkItem decodes a work item as received (the whole message, read
-// as the unknown fields of an empty one), all but the history events of an
-// orchestrator request, which it returns still encoded, in order.
+// splitWorkItem decodes a work item as received (the whole message), all
+// but the history events of an orchestrator request, which it returns
+// still encoded, in order.
 func splitWorkItem(raw []byte) (proto.Message, encodedHistory, error) {
 	var h encodedHistory
 	var rest []byte // the work item without its history events
@@ -261,20 +265,8 @@ func splitWorkItem(raw []byte) (proto.Message, encodedHistory, error) {
 		split = true
 		req, _ := protowire.ConsumeBytes(v)
 		var reqRest []byte
-		err := eachField(req, func(n protowire.Number, t protowire.Type, v []byte) {
-			if t == protowire.BytesType && (n == fieldOrchestratorPast || n == fieldOrchestratorNew) {
-				e, _ := protowire.ConsumeBytes(v)
-				if n == fieldOrchestratorPast {
-					h.past = append(h.past, e)
-				} else {
-					h.new = append(h.new, e)
-				}
-				return
-			}
-			reqRest = append(protowire.AppendTag(reqRest, n, t), v...)
-		})
-		if err != nil && splitErr == nil {
-			splitErr = err
+		if reqRest, h, splitErr = splitRequest(req); splitErr != nil {
+			return
 		}
 		rest = protowire.AppendBytes(protowire.AppendTag(rest, num, typ), reqRest)
 	})
@@ -289,6 +281,72 @@ func splitWorkItem(raw []byte) (proto.Message, encodedHistory, error) {
 		return nil, h, fmt.Errorf("decoding a work item: %w", err)
 	}
 	return item, h, nil
+}
+
+// splitRequest takes an orchestrator request's history events out of it:
+// the past events as the region that holds them, if they are back to back
+// (as protobuf writes a repeated field), the new ones one by one.
+func splitRequest(req []byte) (rest []byte, h encodedHistory, err error) {
+	from, to := -1, -1 // the past events' region
+	apart := false
+	for at := 0; at < len(req); {
+		num, typ, tagLen := protowire.ConsumeTag(req[at:])
+		if tagLen < 0 {
+			return nil, h, protowire.ParseError(tagLen)
+		}
+		valLen := protowire.ConsumeFieldValue(num, typ, req[at+tagLen:])
+		if valLen < 0 {
+			return nil, h, protowire.ParseError(valLen)
+		}
+		field, value := req[at:at+tagLen+valLen], req[at+tagLen:at+tagLen+valLen]
+		switch {
+		case typ == protowire.BytesType && num == fieldOrchestratorPast:
+			if from < 0 {
+				from = at
+			} else if at != to {
+				apart = true
+			}
+			to = at + len(field)
+		case typ == protowire.BytesType && num == fieldOrchestratorNew:
+			e, _ := protowire.ConsumeBytes(value)
+			h.new = append(h.new, e)
+		default:
+			rest = append(rest, field...)
+		}
+		at += len(field)
+	}
+	switch {
+	case from < 0:
+	case apart:
+		err = eachField(req, func(n protowire.Number, t protowire.Type, v []byte) {
+			if t == protowire.BytesType && n == fieldOrchestratorPast {
+				e, _ := protowire.ConsumeBytes(v)
+				h.past = append(h.past, e)
+			}
+		})
+	default:
+		h.pastRegion = req[from:to]
+	}
+	return rest, h, err
+}
+
+// splitRegion splits a region of past events, back to back, into each
+// event's encoding.
+func splitRegion(region []byte) ([][]byte, error) {
+	var events [][]byte
+	for len(region) > 0 {
+		num, typ, tagLen := protowire.ConsumeTag(region)
+		if tagLen < 0 {
+			return nil, protowire.ParseError(tagLen)
+		}
+		e, n := protowire.ConsumeBytes(region[tagLen:])
+		if n < 0 || num != fieldOrchestratorPast || typ != protowire.BytesType {
+			return nil, errors.New("the past events are not one after the other")
+		}
+		events = append(events, e)
+		region = region[tagLen+n:]
+	}
+	return events, nil
 }
 
 // taskScheduledEvent is the history event an activity executor runs from;

@@ -218,8 +218,8 @@ func (w *grpcWorker) session() (delivered bool, err error) {
 	for {
 		// Received undecoded: the history is decoded apart, through the
 		// cache, in the item's own goroutine.
-		received := &emptypb.Empty{}
-		err := stream.RecvMsg(received)
+		var received rawMessage
+		err := stream.RecvMsg(&received)
 		if err != nil {
 			if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 				err = cause
@@ -237,7 +237,7 @@ func (w *grpcWorker) session() (delivered bool, err error) {
 		}
 		delivered = true
 		silent.Reset(w.silentTimeout)
-		item, history, err := splitWorkItem(received.ProtoReflect().GetUnknown())
+		item, history, err := splitWorkItem(received)
 		if err != nil {
 			return delivered, err
 		}
@@ -329,6 +329,7 @@ func (w *grpcWorker) runOrchestrator(req orchestratorRequest, history encodedHis
 	streamed := unknownBool(req, fieldOrchestratorNeedHistory)
 	if streamed {
 		var err error
+		history.pastRegion = nil
 		if history.past, err = w.streamHistory(id, req.GetExecutionId()); err != nil {
 			log.Warn().Err(err).Msg("fetching the orchestration's history failed; handing the work item back")
 			w.abandon(orchestrationWork, token)
