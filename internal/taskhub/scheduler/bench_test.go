@@ -3,7 +3,6 @@ package scheduler_test
 import (
 	"context"
 	"flag"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -13,10 +12,8 @@ import (
 
 	"fanoutfanin/functions"
 	"fanoutfanin/internal/config"
-	"fanoutfanin/internal/dtstest"
 	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/taskhub"
-	"fanoutfanin/internal/taskhub/hubtest"
 	"fanoutfanin/internal/taskhub/scheduler"
 )
 
@@ -46,11 +43,8 @@ func usage(b *testing.B) syscall.Rusage {
 //
 //	go test ./internal/taskhub/scheduler/ -run '^$' -bench SchedulerFanOut -benchtime=1x -cpuprofile cpu.out -args -fanout.items=2000
 func BenchmarkSchedulerFanOut(b *testing.B) {
-	addr, _ := dtstest.StartSidecar(b, 0, filepath.Join(b.TempDir(), "sidecar.sqlite"))
-	cfg := hubtest.Config("")
-	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + addr, Host: "127.0.0.1", Address: addr, Auth: config.AuthNone}
 	e := engine(b)
-	hub, err := scheduler.Open(cfg, e.Registry(), e.Sessions(), zerolog.Nop(), nil)
+	hub, err := scheduler.Open(onSidecar(b), e.Registry(), e.Sessions(), zerolog.Nop(), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"path/filepath"
-	"reflect"
 	"slices"
 	"sync"
 	"testing"
@@ -19,8 +17,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
-	"fanoutfanin/internal/config"
-	"fanoutfanin/internal/dtstest"
 	"fanoutfanin/internal/fanout"
 	"fanoutfanin/internal/taskhub"
 	"fanoutfanin/internal/taskhub/hubtest"
@@ -111,9 +107,7 @@ func canonical(res proto.Message) proto.Message {
 // history once, then keeps it too. Every step, kept or not, made exactly
 // the response a full replay of its history makes.
 func TestWorkerKeepsOrchestrationsBetweenSteps(t *testing.T) {
-	addr, _ := dtstest.StartSidecar(t, 0, filepath.Join(t.TempDir(), "sidecar.sqlite"))
-	cfg := hubtest.Config("")
-	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + addr, Host: "127.0.0.1", Address: addr, Auth: config.AuthNone}
+	cfg := onSidecar(t)
 	rec := &recorder{}
 	open := func(e *fanout.Engine) *taskhub.Hub {
 		hub, err := scheduler.OpenWith(cfg, e.Registry(), e.Sessions(), func(x backend.Executor) backend.Executor {
@@ -202,72 +196,9 @@ func TestWorkerKeepsOrchestrationsBetweenSteps(t *testing.T) {
 // waitComplete waits for an instance to complete and returns it.
 func waitComplete(t *testing.T, c taskhub.Client, id api.InstanceID) *api.OrchestrationMetadata {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		md, err := c.FetchOrchestrationMetadata(context.Background(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if md.IsComplete() {
-			if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
-				t.Fatalf("instance %s: %v: %v", id, md.RuntimeStatus, md.FailureDetails)
-			}
-			return md
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("instance %s did not finish", id)
-		}
-		time.Sleep(50 * time.Millisecond)
+	md := hubtest.Wait(t, c, id, 3*time.Minute, nil)
+	if md.RuntimeStatus != api.RUNTIME_STATUS_COMPLETED {
+		t.Fatalf("instance %s: %v: %v", id, md.RuntimeStatus, md.FailureDetails)
 	}
-}
-
-// A fan-out in batches has, on the scheduler too, the outcome it has one
-// item at a time: the same summary and the same failed items with their
-// attempts and errors, with retried items (their batches partly failing),
-// items failing every attempt, a window and partitions.
-func TestBatchesGiveTheSameOutcomeOnTheScheduler(t *testing.T) {
-	addr, _ := dtstest.StartSidecar(t, 0, filepath.Join(t.TempDir(), "sidecar.sqlite"))
-	cfg := hubtest.Config("")
-	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + addr, Host: "127.0.0.1", Address: addr, Auth: config.AuthNone}
-	e := doubledEngine(t, func(n, attempt int) bool { return n%20 == 13 || (n%20 == 5 && attempt == 1) })
-	hub, err := scheduler.Open(cfg, e.Registry(), e.Sessions(), zerolog.Nop(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hub.Close(context.Background())
-	retry := &fanout.RetryPolicy{MaxAttempts: 3, FirstDelayMs: 1, Backoff: 2, MaxDelayMs: 4}
-	for _, layout := range []struct {
-		name string
-		plan fanout.Plan
-	}{
-		{"all at once", fanout.Plan{Count: 60, Retry: retry}},
-		{"window", fanout.Plan{Count: 60, MaxParallelism: 7, Retry: retry}},
-		{"partitions", fanout.Plan{Count: 60, PartitionSize: 25, MaxParallelism: 9, Retry: retry}},
-	} {
-		t.Run(layout.name, func(t *testing.T) {
-			var want any
-			for _, batch := range []int{0, 10} {
-				plan := layout.plan
-				plan.Batch = batch
-				id, err := hub.Client.ScheduleNewOrchestration(context.Background(), "doubled_orchestrator", api.WithInput(plan))
-				if err != nil {
-					t.Fatal(err)
-				}
-				var out any
-				if err := json.Unmarshal([]byte(waitComplete(t, hub.Client, id).SerializedOutput), &out); err != nil {
-					t.Fatal(err)
-				}
-				if batch == 0 {
-					want = out
-					if failed := out.(map[string]any)["total_items_failed"]; failed != 3.0 {
-						t.Fatalf("unbatched: %v, want 3 items failed", out)
-					}
-					continue
-				}
-				if !reflect.DeepEqual(out, want) {
-					t.Errorf("%d items per activity:\n got %v\nwant %v (unbatched)", batch, out, want)
-				}
-			}
-		})
-	}
+	return md
 }

@@ -18,13 +18,19 @@ import (
 	"fanoutfanin/internal/taskhub/scheduler"
 )
 
-// openOnSidecar opens the task hub over gRPC on a fresh upstream sidecar.
-func openOnSidecar(t *testing.T, r *task.TaskRegistry) *taskhub.Hub {
+// onSidecar is a task hub's configuration on a fresh upstream sidecar.
+func onSidecar(t testing.TB) config.TaskHub {
 	t.Helper()
 	addr, _ := dtstest.StartSidecar(t, 0, filepath.Join(t.TempDir(), "sidecar.sqlite"))
 	cfg := hubtest.Config("")
 	cfg.Scheduler = &config.Scheduler{Endpoint: "http://" + addr, Host: "127.0.0.1", Address: addr, Auth: config.AuthNone}
-	hub, err := scheduler.Open(cfg, r, taskhub.NewSessions(taskhub.DefaultSessions), zerolog.Nop(), nil)
+	return cfg
+}
+
+// openOnSidecar opens the task hub over gRPC on a fresh upstream sidecar.
+func openOnSidecar(t *testing.T, r *task.TaskRegistry) *taskhub.Hub {
+	t.Helper()
+	hub, err := scheduler.Open(onSidecar(t), r, taskhub.NewSessions(taskhub.DefaultSessions), zerolog.Nop(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,26 +41,14 @@ func openOnSidecar(t *testing.T, r *task.TaskRegistry) *taskhub.Hub {
 // waitFailed waits for an instance to fail and returns its failure message.
 func waitFailed(t *testing.T, c taskhub.Client, id api.InstanceID) string {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		md, err := c.FetchOrchestrationMetadata(context.Background(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if md.IsComplete() {
-			if md.RuntimeStatus != api.RUNTIME_STATUS_FAILED {
-				t.Fatalf("instance %s: %v, want failed", id, md.RuntimeStatus)
-			}
-			if md.FailureDetails == nil {
-				t.Fatalf("instance %s failed without failure details", id)
-			}
-			return md.FailureDetails.GetErrorMessage()
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("instance %s did not finish", id)
-		}
-		time.Sleep(20 * time.Millisecond)
+	md := hubtest.Wait(t, c, id, time.Minute, nil)
+	if md.RuntimeStatus != api.RUNTIME_STATUS_FAILED {
+		t.Fatalf("instance %s: %v, want failed", id, md.RuntimeStatus)
 	}
+	if md.FailureDetails == nil {
+		t.Fatalf("instance %s failed without failure details", id)
+	}
+	return md.FailureDetails.GetErrorMessage()
 }
 
 // An orchestrator step or an activity result the scheduler would refuse is
