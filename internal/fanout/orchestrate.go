@@ -202,7 +202,7 @@ func (f *runner[I, R, S]) fanOut(ctx *task.OrchestrationContext, work items, win
 		return f.fanOutBatches(ctx, work, window, batchSize, retry, budget)
 	}
 	n := work.len()
-	tasks := f.slide(ctx, n, window, func(i, _ int) task.Task {
+	tasks := f.slide(ctx, n, window, func(i, _ int, _ func()) task.Task {
 		item, index := work.at(i), work.first+i
 		return newRetrying(ctx, retry, func(attempt int) task.Task {
 			return ctx.CallActivity(f.names.Work, task.WithRawActivityInput(workJSON(item, index, attempt)))
@@ -244,7 +244,7 @@ func (f *runner[I, R, S]) fanOutBatches(ctx *task.OrchestrationContext, work ite
 	if window > 0 {
 		batches = max(1, window/size)
 	}
-	tasks := f.slide(ctx, count, batches, func(k, _ int) task.Task {
+	tasks := f.slide(ctx, count, batches, func(k, _ int, _ func()) task.Task {
 		from := bounds[k]
 		return newBatch(ctx, retry, bounds[k+1]-from, func(pending []int, attempt int) task.Task {
 			return ctx.CallActivity(f.names.Work, task.WithRawActivityInput(batchJSON(work, from, pending, attempt, budget)))
@@ -301,8 +301,8 @@ func (f *runner[I, R, S]) fanOutPartitions(ctx *task.OrchestrationContext, work 
 		return w
 	}
 	budget := summaryBytes(plan.ListBytes)
-	stepBytes := 0 // partitions' inputs started in this step
-	tasks := f.slide(ctx, count, running, func(k, slot int) task.Task {
+	stepBytes := 0 // partitions' inputs started since the last pause: this step's, or more
+	tasks := f.slide(ctx, count, running, func(k, slot int, pause func()) task.Task {
 		p := work.slice(k*size, min(n, (k+1)*size))
 		p.Window = share(slot)
 		p.Retry = plan.Retry
@@ -314,7 +314,7 @@ func (f *runner[I, R, S]) fanOutPartitions(ctx *task.OrchestrationContext, work 
 		if plan.StepBytes > 0 && stepBytes > 0 && stepBytes+len(input) > plan.StepBytes {
 			// A step must stay under the scheduler's message limit: end
 			// this one, with a timer due at once, and start the rest after.
-			f.wait(ctx, ctx.CreateTimer(0))
+			pause()
 			stepBytes = 0
 		}
 		stepBytes += len(input)
@@ -444,11 +444,12 @@ func setProgress(ctx *task.OrchestrationContext, done, total int) {
 	ctx.SetCustomStatus(string(status))
 }
 
-// slide starts n tasks with start(i, slot), at most window at once (0 or
-// n and more: all at once). The next task starts as soon as the earliest
-// running one finishes, on its slot. Before waiting it tells progress which
-// tasks have finished. It returns every task, in order, once all have
-// finished; the caller reads their outcomes.
+// slide starts n tasks with start(i, slot, pause), at most window at once
+// (0 or n and more: all at once). The next task starts as soon as the
+// earliest running one finishes, on its slot; start may call pause to end
+// the step first. Before waiting it tells progress which tasks have
+// finished. It returns every task, in order, once all have finished; the
+// caller reads their outcomes.
 //
 // Why the earliest: v0.6.0 has no "when any", and a replay must start each
 // task at the same point of the history as the first run did. Awaiting the
@@ -457,13 +458,26 @@ func setProgress(ctx *task.OrchestrationContext, done, total int) {
 // could read past where the next one was started, which v0.6.0 rejects as
 // nondeterminism. So slide waits for every task in order, and asks about the
 // others (report) only when the next thing it does is block, ending the step.
-func (f *runner[I, R, S]) slide(ctx *task.OrchestrationContext, n, window int, start func(i, slot int) task.Task, progress func(done []bool)) []task.Task {
+func (f *runner[I, R, S]) slide(ctx *task.OrchestrationContext, n, window int, start func(i, slot int, pause func()) task.Task, progress func(done []bool)) []task.Task {
 	if window <= 0 || window > n {
 		window = n
 	}
 	tasks := make([]task.Task, n)
+	// pause, which start may call, ends the step before the task it starts,
+	// with a timer due at once. Like every wait here, it sets the progress
+	// first: the custom status a step ends with must be what a replay of its
+	// history sets, not what an earlier step of a kept orchestration set.
+	var running, next int // the tasks before running have finished; next is being started
+	pause := func() {
+		timer := ctx.CreateTimer(0)
+		for !finished(timer) {
+			report(tasks, running, next, progress)
+			f.sessions.Park(ctx)
+		}
+	}
 	for i := range window {
-		tasks[i] = start(i, i)
+		next = i
+		tasks[i] = start(i, i, pause)
 	}
 	for i := range n {
 		for !finished(tasks[i]) {
@@ -471,7 +485,8 @@ func (f *runner[I, R, S]) slide(ctx *task.OrchestrationContext, n, window int, s
 			f.sessions.Park(ctx) // ends this step
 		}
 		if i+window < n {
-			tasks[i+window] = start(i+window, i%window)
+			running, next = i+1, i+window
+			tasks[i+window] = start(i+window, i%window, pause)
 		}
 	}
 	report(tasks, n, n, progress)

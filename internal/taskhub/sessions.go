@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"reflect"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -33,9 +32,15 @@ const DefaultSessions = 64
 // orchestrator has seen (another execution; a worker that lost it), or that
 // arrives while it is still busy, replays in full, as v0.6.0 would: so
 // whatever the cache holds, an orchestrator sees exactly the history the
-// step carries, and produces exactly the actions a full replay would.
+// step carries, and produces exactly the actions a full replay would. Its
+// custom status is the last it set, which is a full replay's too if every
+// step ends with a status set since its last Park, or by code that every
+// replay runs: the engine sets its progress before each Park, and once all
+// its tasks have finished.
 //
-// Nil Sessions keep nothing: Park blocks as Await does.
+// The Sessions a worker runs in must be those its orchestrators Park on,
+// and serve that worker alone: after Close, they keep nothing. Nil Sessions
+// keep nothing: Park blocks as Await does.
 type Sessions struct {
 	max int
 
@@ -43,7 +48,7 @@ type Sessions struct {
 	byID   map[api.InstanceID]*session
 	closed bool
 
-	steps, resumed, replayed atomic.Uint64
+	steps, resumed, events atomic.Uint64
 }
 
 // NewSessions keeps at most max orchestrations between steps.
@@ -59,7 +64,7 @@ type SessionStats struct{ Steps, Resumed, Events uint64 }
 
 // Stats returns the counts so far.
 func (s *Sessions) Stats() SessionStats {
-	return SessionStats{Steps: s.steps.Load(), Resumed: s.resumed.Load(), Events: s.replayed.Load()}
+	return SessionStats{Steps: s.steps.Load(), Resumed: s.resumed.Load(), Events: s.events.Load()}
 }
 
 // session is one orchestration kept between steps: the goroutine running
@@ -71,8 +76,9 @@ type session struct {
 	old, new []*backend.HistoryEvent
 	resume   chan bool    // true: the context has more events; false: stop
 	out      chan outcome // what a step came to
-	busy     bool         // running a step; guarded by Sessions.mu
-	parked   bool         // waiting in Park
+	// Running a step, or waiting in Park. The fields change under
+	// Sessions.mu, or while busy, by the step's executor alone.
+	busy, parked bool
 }
 
 // outcome is where a session's step ended: parked, or with the
@@ -85,7 +91,9 @@ type outcome struct {
 
 // Park ends the orchestrator's step, as an Await of a task that is not
 // done would: call it only when the history has no more events (an Await
-// of the task the orchestrator waits for has just reported it blocked).
+// of the task the orchestrator waits for has just reported it blocked),
+// and after setting the custom status, if the orchestrator sets one (see
+// Sessions).
 // When ctx's orchestration runs in a session, Park returns once the next
 // step's events are in ctx, and the orchestrator goes on reading them;
 // otherwise, or when the session is stopped, it panics with
@@ -138,10 +146,16 @@ func (s *Sessions) execute(exec backend.Executor, id api.InstanceID, old, new []
 		// Another step of the same instance is running (a redelivered work
 		// item): this one replays on its own.
 		s.mu.Unlock()
-		s.replayed.Add(uint64(len(old) + len(new)))
+		s.events.Add(uint64(len(old) + len(new)))
 		return exec.ExecuteOrchestrator(context.Background(), id, old, new)
 	}
-	resume := se != nil && se.parked && se.extendedBy(old, new)
+	if se != nil {
+		se.busy = true // this step's: no one else touches it now
+	}
+	s.mu.Unlock()
+
+	resume := se != nil && se.extendedBy(old, new)
+	s.mu.Lock()
 	if se != nil && !resume {
 		s.stop(se)
 		se = nil
@@ -153,14 +167,15 @@ func (s *Sessions) execute(exec backend.Executor, id api.InstanceID, old, new []
 	se.busy = true
 	if resume {
 		s.resumed.Add(1)
-		s.replayed.Add(uint64(len(old) + len(new) - se.seen()))
+		s.events.Add(uint64(len(old) + len(new) - se.seen()))
 		setContextEvents(se.ctx, old, new)
 		se.old, se.new = old, new
 		se.parked = false
 	} else {
-		s.replayed.Add(uint64(len(old) + len(new)))
-		// A copy of new of the session's own: how Park knows its context.
-		se.old, se.new = old, slices.Clone(new)
+		s.events.Add(uint64(len(old) + len(new)))
+		// new in an array of the session's own (never empty, so never
+		// shared): how Park knows its context.
+		se.old, se.new = old, append(make([]*backend.HistoryEvent, 0, len(new)+1), new...)
 	}
 	s.mu.Unlock()
 
@@ -171,6 +186,13 @@ func (s *Sessions) execute(exec backend.Executor, id api.InstanceID, old, new []
 	}
 	o := <-se.out
 
+	// Read while the session is busy and its goroutine waits: no one else
+	// reads or resumes it.
+	var res *backend.ExecutionResults
+	complete := o.parked && contextIndex(se.ctx) == se.seen()
+	if complete {
+		res = results(id, se.ctx)
+	}
 	s.mu.Lock()
 	se.busy = false
 	switch {
@@ -179,17 +201,15 @@ func (s *Sessions) execute(exec backend.Executor, id api.InstanceID, old, new []
 		s.drop(se)
 		s.mu.Unlock()
 		return o.res, o.err
-	case contextIndex(se.ctx) != se.seen():
+	case !complete:
 		// Parked before reading every event, which is no step's end: a
 		// full replay says where the step ends.
 		se.parked = true
 		s.stop(se)
 		s.mu.Unlock()
-		s.replayed.Add(uint64(len(old) + len(new)))
+		s.events.Add(uint64(len(old) + len(new)))
 		return exec.ExecuteOrchestrator(context.Background(), id, old, new)
 	}
-	// Read before another step may resume it.
-	res := results(id, se.ctx)
 	se.parked = true
 	if s.closed {
 		s.stop(se) // the worker stopped while this step ran
@@ -216,10 +236,13 @@ func (se *session) seen() int { return len(se.old) + len(se.new) }
 
 // extendedBy reports whether a history old+new begins with the events the
 // session has read, the same events in the same order. Events are
-// compared as pointers first: the scheduler path decodes an event once and
-// hands the same one to every step. Else by what identifies an event in
-// one execution's history, which is only appended to: its kind, id and
-// time; and the start, which names the execution, in full.
+// compared as pointers first: the scheduler path's history cache hands
+// every step the same decoded event while it keeps the instance. Else the
+// past events of the last step, which the scheduler had committed, by what
+// identifies an event in one execution's history, which is only appended
+// to: its kind, id and time, and the start, which names the execution, in
+// full; and the last step's new events, which a redelivered step may carry
+// otherwise, in full.
 func (se *session) extendedBy(old, new []*backend.HistoryEvent) bool {
 	n := se.seen()
 	if len(old)+len(new) < n {
@@ -232,22 +255,19 @@ func (se *session) extendedBy(old, new []*backend.HistoryEvent) bool {
 		return new[i-len(old)]
 	}
 	for i := range n {
-		if !sameEvent(at(se.old, se.new, i), at(old, new, i)) {
+		a, b := at(se.old, se.new, i), at(old, new, i)
+		switch {
+		case a == b:
+		case i >= len(se.old) || a.GetExecutionStarted() != nil:
+			if !proto.Equal(a, b) {
+				return false
+			}
+		case a.GetEventId() != b.GetEventId() || reflect.TypeOf(a.GetEventType()) != reflect.TypeOf(b.GetEventType()) ||
+			a.GetTimestamp().GetSeconds() != b.GetTimestamp().GetSeconds() || a.GetTimestamp().GetNanos() != b.GetTimestamp().GetNanos():
 			return false
 		}
 	}
 	return true
-}
-
-func sameEvent(a, b *backend.HistoryEvent) bool {
-	if a == b {
-		return true
-	}
-	if a.GetEventId() != b.GetEventId() || reflect.TypeOf(a.GetEventType()) != reflect.TypeOf(b.GetEventType()) ||
-		a.GetTimestamp().GetSeconds() != b.GetTimestamp().GetSeconds() || a.GetTimestamp().GetNanos() != b.GetTimestamp().GetNanos() {
-		return false
-	}
-	return a.GetExecutionStarted() == nil || proto.Equal(a, b)
 }
 
 // add keeps se, stopping a waiting session chosen at random while there

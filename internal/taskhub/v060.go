@@ -35,7 +35,7 @@ var contextFields = sync.OnceValue(func() map[string]reflect.StructField {
 	fields := make(map[string]reflect.StructField)
 	for name, ok := range want {
 		f, found := t.FieldByName(name)
-		if !found || !ok(f.Type) {
+		if !found || len(f.Index) != 1 || !ok(f.Type) {
 			panic(fmt.Sprintf("durabletask-go's OrchestrationContext has no field %s of the type expected: Sessions need v0.6.0's", name))
 		}
 		fields[name] = f
@@ -99,8 +99,11 @@ var taskCompleted = sync.OnceValue(func() struct {
 	// A wait with no time to wait is a task made without a running
 	// orchestration's state.
 	t := reflect.TypeOf(task.NewOrchestrationContext(task.NewTaskRegistry(), "", nil, nil).WaitForSingleEvent("", 0))
+	if t.Kind() != reflect.Pointer {
+		panic("durabletask-go's tasks are not pointers: the engine needs v0.6.0's")
+	}
 	f, ok := t.Elem().FieldByName("isCompleted")
-	if t.Kind() != reflect.Pointer || !ok || f.Type.Kind() != reflect.Bool {
+	if !ok || len(f.Index) != 1 || f.Type.Kind() != reflect.Bool {
 		panic("durabletask-go's tasks have no field isCompleted of the type expected: the engine needs v0.6.0's")
 	}
 	return struct {

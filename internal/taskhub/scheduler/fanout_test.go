@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/microsoft/durabletask-go/backend"
 	"github.com/microsoft/durabletask-go/task"
 	"github.com/rs/zerolog"
+	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -149,7 +151,9 @@ func TestWorkerKeepsOrchestrationsBetweenSteps(t *testing.T) {
 	if err := hub.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	rec.mu.Lock()
 	before := len(rec.steps)
+	rec.mu.Unlock()
 	hub = open(second)
 	defer hub.Close(context.Background())
 
@@ -180,9 +184,17 @@ func TestWorkerKeepsOrchestrationsBetweenSteps(t *testing.T) {
 		t.Fatalf("%d steps before the restart, %d after: want both", before, len(rec.steps)-before)
 	}
 
-	// A full replay of each step's history makes the same response.
-	cold := taskhub.NewExecutor(task.NewTaskExecutor(first.Registry()), zerolog.Nop(), context.Background(), nil, nil)
-	for i, s := range rec.steps {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	checkReplays(t, first, rec.steps)
+}
+
+// checkReplays checks that a full replay of each step's history makes the
+// response the worker made, custom status included.
+func checkReplays(t *testing.T, e *fanout.Engine, steps []step) {
+	t.Helper()
+	cold := taskhub.NewExecutor(task.NewTaskExecutor(e.Registry()), zerolog.Nop(), context.Background(), nil, nil)
+	for i, s := range steps {
 		res, err := cold.ExecuteOrchestrator(context.Background(), s.id, s.old, s.new)
 		if err != nil {
 			t.Fatalf("step %d of %s: replay: %v", i, s.id, err)
@@ -191,6 +203,44 @@ func TestWorkerKeepsOrchestrationsBetweenSteps(t *testing.T) {
 			t.Fatalf("step %d of %s (%d+%d events): the worker sent\n%v\na full replay makes\n%v", i, s.id, len(s.old), len(s.new), s.response, got)
 		}
 	}
+}
+
+// Steps that end early to keep a step's message small (partitions started
+// over several steps) set the same progress kept or replayed.
+func TestKeptStepsThatStartPartitionsInPartsMatchAFullReplay(t *testing.T) {
+	rec := &recorder{}
+	e := doubledEngine(t, func(int, int) bool { return false })
+	hub, err := scheduler.OpenWith(onSidecar(t), e.Registry(), e.Sessions(), func(x backend.Executor) backend.Executor {
+		rec.Executor = x
+		return rec
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hub.Close(context.Background())
+	items := make([]json.RawMessage, 120)
+	for i := range items {
+		items[i] = json.RawMessage(fmt.Sprint(i))
+	}
+	// Each partition's input is some 60 bytes: three partitions a step.
+	id, err := hub.Client.ScheduleNewOrchestration(context.Background(), "doubled_orchestrator",
+		api.WithInput(fanout.Plan{Items: items, PartitionSize: 5, MaxParallelism: 12, StepBytes: 200}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitComplete(t, hub.Client, id)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	pauses := 0
+	for _, s := range rec.steps {
+		if s.id == id && strings.Contains(prototext.Format(s.response), "createTimer") {
+			pauses++
+		}
+	}
+	if pauses < 3 {
+		t.Fatalf("%d steps of the fan-out ended early to start partitions later, want several", pauses)
+	}
+	checkReplays(t, e, rec.steps)
 }
 
 // waitComplete waits for an instance to complete and returns it.
