@@ -116,10 +116,10 @@ func settled(t task.Task) bool {
 	return done(t)
 }
 
-// done is finished for a task whose history has been read to its end, as
-// settled's are: it costs v0.6.0's own tasks no Await, which, for a task
-// not done, panics to say so; progress asks this of every running task at
-// every step.
+// done is finished without reading events, for tasks whose history has
+// been read to its end, as settled's have. For v0.6.0's own tasks it reads
+// their flag instead of an Await, which panics when a task is not done:
+// progress asks this of every running task at every step.
 func done(t task.Task) bool {
 	if d, ok := taskhub.Completed(t); ok {
 		return d

@@ -105,7 +105,9 @@ func dial(s *config.Scheduler, token credentials.PerRPCCredentials, md ...string
 // clears each buffer it hands out, and hands out a megabyte for anything
 // over 32 kB: for the histories that orchestrator work items carry,
 // clearing took a tenth of the worker's CPU. These are not cleared, as
-// nothing reads a buffer before it is filled; and they come in every power
+// nothing reads a buffer before it is filled (so gRPC 1.83 uses them: its
+// framer reads whole frames into them, and the codec decodes what it
+// copied in; check again when upgrading gRPC); and they come in every power
 // of two up to the largest message the worker takes.
 type unclearedPool struct {
 	tiers [bits.UintSize]sync.Pool
