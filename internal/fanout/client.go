@@ -199,8 +199,12 @@ func fitPartitions(items []json.RawMessage, size, maxBytes int) int {
 		}
 		return most
 	}
-	for len(items) > size && size > 1 && largest(size) > maxBytes {
-		size = max(1, min(size-1, size*maxBytes/largest(size)))
+	for len(items) > size && size > 1 {
+		most := largest(size)
+		if most <= maxBytes {
+			break
+		}
+		size = max(1, min(size-1, size*maxBytes/most))
 	}
 	return size
 }

@@ -397,7 +397,7 @@ func (f *runner[I, R, S]) aggregateAll(ctx *task.OrchestrationContext, results, 
 		}
 		merged := make([]json.RawMessage, len(groups))
 		for i, t := range sums {
-			f.wait(ctx, t)
+			f.wait(ctx, t, nil)
 			if err := t.Await(&merged[i]); err != nil {
 				return nil, fmt.Errorf("aggregating the results failed: %w", err)
 			}
@@ -464,26 +464,19 @@ func (f *runner[I, R, S]) slide(ctx *task.OrchestrationContext, n, window int, s
 	}
 	tasks := make([]task.Task, n)
 	// pause, which start may call, ends the step before the task it starts,
-	// with a timer due at once. Like every wait here, it sets the progress
+	// with a timer due at once. Like slide's own waits, it sets the progress
 	// first: the custom status a step ends with must be what a replay of its
 	// history sets, not what an earlier step of a kept orchestration set.
 	var running, next int // the tasks before running have finished; next is being started
 	pause := func() {
-		timer := ctx.CreateTimer(0)
-		for !finished(timer) {
-			report(tasks, running, next, progress)
-			f.sessions.Park(ctx)
-		}
+		f.wait(ctx, ctx.CreateTimer(0), func() { report(tasks, running, next, progress) })
 	}
 	for i := range window {
 		next = i
 		tasks[i] = start(i, i, pause)
 	}
 	for i := range n {
-		for !finished(tasks[i]) {
-			report(tasks, i, min(n, i+window), progress)
-			f.sessions.Park(ctx) // ends this step
-		}
+		f.wait(ctx, tasks[i], func() { report(tasks, i, min(n, i+window), progress) })
 		if i+window < n {
 			running, next = i+1, i+window
 			tasks[i+window] = start(i+window, i%window, pause)
@@ -508,9 +501,13 @@ func report(tasks []task.Task, from, to int, progress func(done []bool)) {
 }
 
 // wait waits until t has finished: while it has not, the history has no
-// more events, and the step ends (see taskhub.Sessions).
-func (f *runner[I, R, S]) wait(ctx *task.OrchestrationContext, t task.Task) {
+// more events, and the step ends (see taskhub.Sessions), after
+// beforeEnd, if given, has set the progress.
+func (f *runner[I, R, S]) wait(ctx *task.OrchestrationContext, t task.Task, beforeEnd func()) {
 	for !finished(t) {
+		if beforeEnd != nil {
+			beforeEnd()
+		}
 		f.sessions.Park(ctx)
 	}
 }

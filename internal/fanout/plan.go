@@ -216,7 +216,7 @@ func (f *runner[I, R, S]) items(ctx *task.OrchestrationContext, p Plan) (items, 
 	list := make([]json.RawMessage, 0, p.Total)
 	for i, w := range waits {
 		var chunk []json.RawMessage
-		f.wait(ctx, w)
+		f.wait(ctx, w, nil)
 		if err := w.Await(&chunk); err != nil {
 			return items{}, fmt.Errorf("only %d of the %d parts of the work items arrived within %s, so none was processed: start again: %w", i, p.Chunks, ItemsTimeout, err)
 		}
